@@ -1,0 +1,396 @@
+"""Configuration: frozen, strict pydantic models loaded from YAML.
+
+Loading runs in this order, and every step reports *all* its problems with their paths:
+
+1. YAML is parsed (a syntax error names its line and column).
+2. `${VAR}` and `${VAR:-default}` are interpolated in every string value (never in keys).
+3. `<SERVICE>_<FIELD>` environment variables override fields of services the file declares
+   (`OLLAMA_IDLE_TIMEOUT=10m`, `OLLAMA_QUEUE_MAX=5`); they never invent a service.
+4. The models validate the result (`extra="forbid"`, so a typo such as `idel_timeout` is an
+   error naming its path).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "LauncherConfig",
+    "ProcessLauncherConfig",
+    "QueueConfig",
+    "ReadinessConfig",
+    "ServiceConfig",
+    "TimeoutsConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def parse_duration(value: Any) -> float:
+    """`250ms`, `30s`, `5m`, `1h`, or a number of seconds → seconds (float, never negative)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 250ms, 30s, 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(
+            f"invalid duration {value!r}: use a number of seconds or 250ms, 30s, 5m, 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProcessLauncherConfig(_Model):
+    """Start the backend as a local child process in its own process group.
+
+    Its stdout and stderr go to `<data_dir>/logs/<service>.log`. The environment is Hestia's own,
+    plus `env`, plus `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_UPSTREAM` and `HESTIA_PORT`
+    (the upstream's port, so a program can bind where Hestia will look for it).
+    """
+
+    command: list[str] = Field(min_length=1)
+    """The program and its arguments; a string is split like a shell would (no shell runs)."""
+    cwd: Path | None = None
+    """Working directory (default: Hestia's)."""
+    env: dict[str, str] = {}
+    stop_signal: str = "SIGTERM"
+    """Sent to the whole process group to stop it."""
+    stop_timeout: Duration = 10.0
+    """After this long, the process group gets SIGKILL (default 10s)."""
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if not isinstance(getattr(signal, name, None), signal.Signals):
+            raise ValueError(f"unknown signal {value!r}")
+        return name
+
+    @property
+    def signal(self) -> signal.Signals:
+        return signal.Signals[self.stop_signal]
+
+
+class LauncherConfig(_Model):
+    """How the backend is started and stopped: exactly one key."""
+
+    process: ProcessLauncherConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LauncherConfig:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one launcher: process")
+        return self
+
+
+class ReadinessConfig(_Model):
+    """How Hestia knows a started backend serves. Give at most one of `http`, `tcp`, `delay`;
+    with none, a TCP connect to the upstream is the probe.
+
+    Probing is adaptive: the first probe runs a few milliseconds after the start and the interval
+    grows to `interval`, so readiness is seen within `interval` of the upstream being ready.
+    """
+
+    http: str | None = None
+    """GET this path on the upstream; any 2xx or 3xx answer means ready."""
+    tcp: bool | None = None
+    """Ready once the upstream accepts a TCP connection."""
+    delay: Duration | None = None
+    """Ready after this fixed delay (for programs that cannot be probed)."""
+    timeout: Duration = Field(default=60.0, gt=0)
+    """The start fails when the backend is not ready after this long (default 60s)."""
+    interval: Duration = Field(default=0.025, gt=0)
+    """The longest gap between two probes (default 25ms)."""
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> ReadinessConfig:
+        given = [k for k in ("http", "tcp", "delay") if getattr(self, k) not in (None, False)]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of http, tcp, delay (got {', '.join(given)})")
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError("http must be a path starting with /")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "delay"]:
+        if self.http is not None:
+            return "http"
+        if self.delay is not None:
+            return "delay"
+        return "tcp"
+
+    def describe(self) -> str:
+        return {"http": f"http GET {self.http}", "tcp": "tcp connect",
+                "delay": f"delay {self.delay}s"}[self.kind]
+
+
+class QueueConfig(_Model):
+    """The hold queue: requests that wait while the backend starts (or stops and restarts)."""
+
+    max: int = Field(default=100, ge=1)
+    """At most this many requests wait; more are answered 503 at once (default 100)."""
+    timeout: Duration = Field(default=60.0, gt=0)
+    """A request waits at most this long, then gets 503 (default 60s)."""
+
+
+class TimeoutsConfig(_Model):
+    """Deadlines of one proxied exchange; each one passed gives 504. 0 means no deadline."""
+
+    connect: Duration = 5.0
+    """Connecting to the upstream (default 5s)."""
+    first_byte: Duration = 300.0
+    """From the request sent to the response head received (default 5m: models load slowly)."""
+    total: Duration = 0.0
+    """The whole exchange including a streamed body (default 0: none, streams may be long)."""
+
+
+class ServiceConfig(_Model):
+    """One service, addressed as `/services/<id>/…`, with its one backend."""
+
+    upstream: str
+    """Base URL of the running service, `http://host:port` (https works too)."""
+    launcher: LauncherConfig
+    readiness: ReadinessConfig = ReadinessConfig()
+    idle_timeout: Duration = 300.0
+    """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
+    keep_warm: bool = False
+    """Start at boot, and again after a crash or a failed start (with backoff up to 1m)."""
+    queue: QueueConfig = QueueConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("upstream must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("upstream cannot have a query or fragment")
+        try:
+            parts.port  # noqa: B018 - raises on an out-of-range port
+        except ValueError as exc:
+            raise ValueError(f"invalid port: {exc}") from None
+        return value.rstrip("/")
+
+    @property
+    def upstream_host(self) -> str:
+        return urlsplit(self.upstream).hostname or ""
+
+    @property
+    def upstream_port(self) -> int:
+        parts = urlsplit(self.upstream)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def upstream_prefix(self) -> str:
+        """The upstream URL's own path (e.g. `/api`), prepended to every forwarded path."""
+        return urlsplit(self.upstream).path.rstrip("/")
+
+
+class Config(_Model):
+    """The whole configuration."""
+
+    listen: str = "127.0.0.1:8080"
+    """`host:port` to serve on (default loopback only). `[::1]:8080` for IPv6."""
+    data_dir: Path = Path("~/.local/share/hestia")
+    """Where process logs (and later the database) live; `~` is expanded."""
+    grace_period: Duration = 10.0
+    """On shutdown, in-flight requests get this long to finish (default 10s)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    services: dict[str, ServiceConfig] = {}
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("listen must be host:port, e.g. 127.0.0.1:8080")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _ids(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        bad = [k for k in value if not _SERVICE_ID.match(k)]
+        if bad:
+            raise ValueError(f"invalid service id(s) {bad}: use letters, digits, '_', '.', '-'")
+        return value
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: str,
+                 errors: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, _join(path, k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        errors.append((path, f"environment variable {name} is not set (use ${{{name}:-default}})"))
+        return ""
+
+    return _VAR.sub(replace, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _env_overrides(raw: dict[str, Any], env: Mapping[str, str],
+                   errors: list[tuple[str, str]]) -> None:
+    """Apply `<SERVICE>_<FIELD>` variables to the services `raw` declares, in place."""
+    services = raw.get("services")
+    if not isinstance(services, dict):
+        return
+    # Longest ids first, so that `my_app_` wins over `my_` for MY_APP_IDLE_TIMEOUT.
+    prefixes = sorted(((re.sub(r"[^A-Za-z0-9]", "_", sid).upper() + "_", sid)
+                       for sid in services), key=lambda p: -len(p[0]))
+    for name, value in sorted(env.items()):
+        for prefix, sid in prefixes:
+            if not name.startswith(prefix) or not isinstance(services[sid], dict):
+                continue
+            keys = _field_path(ServiceConfig, name[len(prefix):].lower())
+            if keys is None:
+                break
+            node = services[sid]
+            for key in keys[:-1]:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = node[key] = {}
+                node = child
+            try:
+                node[keys[-1]] = yaml.safe_load(value) if value != "" else ""
+            except yaml.YAMLError:
+                node[keys[-1]] = value
+            break
+
+
+def _field_path(model: type[BaseModel], rest: str) -> list[str] | None:
+    """Match `queue_max` against the model's fields: `['queue', 'max']`, or None."""
+    for field_name in sorted(model.model_fields, key=len, reverse=True):
+        if rest == field_name:
+            return [field_name]
+        if rest.startswith(field_name + "_"):
+            annotation = model.model_fields[field_name].annotation
+            sub = _submodel(annotation)
+            if sub is not None:
+                tail = _field_path(sub, rest[len(field_name) + 1:])
+                if tail is not None:
+                    return [field_name, *tail]
+    return None
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
+                 source: str = "configuration") -> Config:
+    """Validate already-parsed YAML data. Raises `ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the configuration must be a mapping")], source)
+    errors: list[tuple[str, str]] = []
+    data = _interpolate(raw, env, "", errors)
+    _env_overrides(data, env, errors)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+            message = err["msg"].removeprefix("Value error, ")
+            errors.append((_format_loc(loc), message))
+        raise ConfigError(errors, source) from None
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML configuration file. Raises `ConfigError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read: {exc.strerror or exc}")], source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"invalid YAML: {where}{problem}")], source) from None
+    return parse_config(raw, env=env, source=source)

@@ -1,0 +1,147 @@
+"""One error tree for Hestia, and the one function that turns an error into an HTTP answer.
+
+```
+HestiaError
+├── ConfigError                 bad configuration: every problem, each with its path
+└── GatewayError                answered to a client (status, error code, Retry-After)
+    ├── UnknownService          404  no service with that id
+    ├── BackendUnavailable      503  + Retry-After
+    │   ├── QueueFull           the backend's hold queue is at `queue.max`
+    │   ├── QueueTimeout        waited `queue.timeout` without the backend becoming ready
+    │   ├── StartFailed         the start attempt failed (reason, exit status, log tail)
+    │   └── StartCancelled      a stop request or shutdown ended the start
+    ├── UpstreamError           502
+    │   ├── UpstreamUnreachable connection refused / no route / DNS
+    │   ├── UpstreamReset       the upstream closed or reset the connection before answering
+    │   └── BackendCrashed      the backend process exited while this request was using it
+    └── UpstreamTimeout         504  connect, first byte or total deadline passed
+```
+
+Everything that reaches a client goes through `error_response`, so every error body has the same
+shape: `{"error", "detail", "service", "request_id"}` plus optional extra fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = [
+    "BackendCrashed",
+    "BackendUnavailable",
+    "ConfigError",
+    "GatewayError",
+    "HestiaError",
+    "QueueFull",
+    "QueueTimeout",
+    "StartCancelled",
+    "StartFailed",
+    "UnknownService",
+    "UpstreamError",
+    "UpstreamReset",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "error_response",
+]
+
+
+class HestiaError(Exception):
+    """Base of every error Hestia raises on purpose."""
+
+
+class ConfigError(HestiaError):
+    """The configuration is invalid. `errors` lists `(path, message)` pairs, all of them."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "configuration") -> None:
+        self.errors = errors
+        self.source = source
+        lines = "\n".join(f"  {path}: {message}" if path else f"  {message}"
+                          for path, message in errors)
+        super().__init__(f"{source}: {len(errors)} error(s)\n{lines}")
+
+
+class GatewayError(HestiaError):
+    """An error that is answered to an HTTP client."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, service: str | None = None,
+                 retry_after: float | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.service = service
+        self.retry_after = retry_after
+        self.extra = extra
+
+
+class UnknownService(GatewayError):
+    status = 404
+    code = "unknown_service"
+
+
+class BackendUnavailable(GatewayError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class QueueFull(BackendUnavailable):
+    code = "queue_full"
+
+
+class QueueTimeout(BackendUnavailable):
+    code = "queue_timeout"
+
+
+class StartFailed(BackendUnavailable):
+    code = "start_failed"
+
+
+class StartCancelled(BackendUnavailable):
+    code = "start_cancelled"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamReset(UpstreamError):
+    code = "upstream_reset"
+
+
+class BackendCrashed(UpstreamError):
+    code = "backend_crashed"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def error_response(
+    error: GatewayError, request_id: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Map a gateway error to `(status, headers, body)`; the body is JSON of the common shape."""
+    payload: dict[str, Any] = {
+        "error": error.code,
+        "detail": error.detail,
+        "service": error.service,
+        "request_id": request_id,
+    }
+    payload.update(error.extra)
+    body = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+    return error.status, headers, body

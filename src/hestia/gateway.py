@@ -1,0 +1,130 @@
+"""`run(config)`: the root of Hestia's task tree.
+
+```
+run(config)                         root nursery
+ ├─ signal watcher                  SIGINT/SIGTERM → graceful shutdown; a second one → at once
+ └─ backends nursery
+      ├─ supervisor × service       each owns its backend (see lifecycle/supervisor.py)
+      └─ HTTP server                hypercorn's trio worker serving the Quart-Trio app
+```
+
+Shutdown order: the server stops accepting and gives in-flight requests `grace_period` to
+finish; then every supervisor stops its backend (stop signal, then SIGKILL to the process group);
+then `run` returns. A backend that was never started is left alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+from dataclasses import dataclass, field
+from functools import partial
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from .config import Config
+from .http.app import create_app
+from .launchers.process import ProcessLauncher
+from .lifecycle.readiness import make_probe
+from .lifecycle.supervisor import Supervisor
+
+__all__ = ["Gateway", "build_supervisors", "run"]
+
+log = structlog.get_logger("hestia.gateway")
+
+
+@dataclass
+class Gateway:
+    """What `run` hands to `task_status.started()`: where it listens and what it runs."""
+
+    urls: list[str]
+    supervisors: dict[str, Supervisor]
+    _shutdown: trio.Event = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown, as SIGTERM does."""
+        self._shutdown.set()
+
+
+def build_supervisors(config: Config) -> dict[str, Supervisor]:
+    supervisors: dict[str, Supervisor] = {}
+    for name, service in config.services.items():
+        launcher_config = service.launcher.process
+        assert launcher_config is not None
+        launcher = ProcessLauncher(launcher_config, config.data_dir / "logs" / f"{name}.log")
+        supervisors[name] = Supervisor(name, service, launcher, make_probe(service),
+                                       drain_timeout=config.grace_period)
+    return supervisors
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [config.listen]
+    hc.accesslog = None  # Hestia logs each request itself, with its request id
+    hc.graceful_timeout = config.grace_period
+    hc.keep_alive_timeout = 30
+    hc.include_server_header = False  # the upstream's own Server and Date headers pass through
+    hc.include_date_header = False
+    return hc
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def run(config: Config, *, handle_signals: bool = True,
+              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
+    supervisors = build_supervisors(config)
+    app = create_app(supervisors)
+    shutdown = trio.Event()
+    if not _is_loopback(config.listen):
+        log.warning("listening_beyond_loopback", listen=config.listen,
+                    detail="anyone who can reach this address can use every service")
+    async with trio.open_nursery() as root:
+        if handle_signals:
+            root.start_soon(_watch_signals, shutdown, root.cancel_scope)
+        async with trio.open_nursery() as backends:
+            for supervisor in supervisors.values():
+                await backends.start(supervisor.run)
+            urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
+                                                shutdown, list(supervisors.values())))
+            log.info("gateway_listening", urls=urls, services=sorted(supervisors))
+            task_status.started(Gateway(urls, supervisors, shutdown))
+        root.cancel_scope.cancel()
+    log.info("gateway_stopped")
+
+
+async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
+                 supervisors: list[Supervisor], *,
+                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        await serve(app, hconfig, shutdown_trigger=shutdown.wait,  # type: ignore[arg-type]
+                    task_status=task_status)
+    finally:
+        for supervisor in supervisors:
+            supervisor.close()
+
+
+async def _watch_signals(shutdown: trio.Event, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not shutdown.is_set():
+                log.info("gateway_stopping", signal=signal.Signals(signum).name)
+                shutdown.set()
+            else:
+                log.warning("gateway_stopping_now", signal=signal.Signals(signum).name)
+                root.cancel()

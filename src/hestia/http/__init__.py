@@ -1,0 +1,1 @@
+"""The HTTP side: the Quart-Trio app (API), the proxy handler, the upstream client."""

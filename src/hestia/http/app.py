@@ -1,0 +1,116 @@
+"""The Quart-Trio app: the `/v1` API and `/__health`, with the proxy in front of its routing.
+
+`/services/…` requests go straight to `ProxyHandler` (installed as ASGI middleware on
+`app.asgi_app`, Quart's documented hook), everything else through Quart's routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Response, g, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ..errors import GatewayError, UnknownService, error_response
+from ..lifecycle.supervisor import State, Supervisor
+from ..observability import request_id_from
+from .proxy import PREFIX, ProxyHandler
+
+__all__ = ["create_app"]
+
+API_MAX_BODY = 1024 * 1024
+
+
+def create_app(supervisors: Mapping[str, Supervisor]) -> QuartTrio:
+    """The ASGI app serving the proxy and the API for these supervisors."""
+    app = QuartTrio("hestia")
+    app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    proxy = ProxyHandler(supervisors)
+    quart_asgi = app.asgi_app
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (scope.get("raw_path") or b"").startswith(PREFIX):
+            await proxy(scope, receive, send)
+        else:
+            await quart_asgi(scope, receive, send)
+
+    app.asgi_app = asgi  # type: ignore[method-assign]
+
+    def supervisor_for(service_id: str) -> Supervisor:
+        supervisor = supervisors.get(service_id)
+        if supervisor is None:
+            raise UnknownService(f"no service named {service_id!r}", service=service_id,
+                                 services=sorted(supervisors))
+        return supervisor
+
+    @app.before_request
+    async def _request_id() -> None:
+        g.request_id = request_id_from(
+            [(k.lower().encode("latin-1"), v.encode("latin-1"))
+             for k, v in request.headers.items() if k.lower() == "x-request-id"])
+
+    @app.after_request
+    async def _echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(GatewayError)
+    async def _gateway_error(error: GatewayError) -> tuple[bytes, int, list[Any]]:
+        status, headers, body = error_response(error, g.get("request_id", ""))
+        return body, status, [(k.decode(), v.decode()) for k, v in headers
+                              if k not in (b"content-length", b"x-request-id")]
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> tuple[Response, int]:
+        status = error.code or 500
+        body = jsonify(error=(error.name or "error").lower().replace(" ", "_"),
+                       detail=error.description, service=None,
+                       request_id=g.get("request_id", ""))
+        return body, status
+
+    @app.get("/__health")
+    async def health() -> Response:
+        return jsonify(status="ok", services=len(supervisors))
+
+    @app.get("/")
+    async def index() -> Response:
+        return jsonify(
+            name="hestia",
+            services={name: {"url": f"/services/{name}/", "state": sup.state.name}
+                      for name, sup in supervisors.items()},
+            api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
+                 "/v1/services/{id}/stop", "/__health"])
+
+    @app.get("/v1/services")
+    async def list_services() -> Response:
+        return jsonify(services=[sup.status() for sup in supervisors.values()])
+
+    @app.get("/v1/services/<service_id>/status")
+    async def service_status(service_id: str) -> Response:
+        return jsonify(supervisor_for(service_id).status())
+
+    @app.post("/v1/services/<service_id>/start")
+    async def start_service(service_id: str) -> tuple[Response, int]:
+        supervisor = supervisor_for(service_id)
+        if not supervisor.request_start():
+            return _conflict(supervisor, f"{service_id!r} is already {supervisor.state.name}")
+        return jsonify(serviceId=service_id, state=State.STARTING.name, accepted=True), 202
+
+    @app.post("/v1/services/<service_id>/stop")
+    async def stop_service(service_id: str) -> tuple[Response, int]:
+        supervisor = supervisor_for(service_id)
+        if not supervisor.request_stop("api"):
+            return _conflict(supervisor, f"{service_id!r} is {supervisor.state.name}: "
+                                         "nothing to stop")
+        return jsonify(serviceId=service_id, state=State.STOPPING.name, accepted=True), 202
+
+    return app
+
+
+def _conflict(supervisor: Supervisor, detail: str) -> tuple[Response, int]:
+    return jsonify(error="conflict", detail=detail, service=supervisor.name,
+                   state=supervisor.state.name, request_id=g.get("request_id", "")), 409

@@ -1,0 +1,54 @@
+"""The launcher protocol.
+
+A launcher turns "start this backend" into something running, and gives back a `Running`
+handle, which the supervisor owns from then on: it waits on it (a return means the thing ended
+by itself: a crash while ready, a failure while starting) and stops it. Readiness is not the
+launcher's business: the supervisor probes the upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["LaunchContext", "Launcher", "Running"]
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchContext:
+    """What a launcher knows about the backend it starts."""
+
+    service: str
+    backend: str
+    upstream: str
+    port: int
+
+
+class Running(Protocol):
+    """A started backend."""
+
+    pid: int | None
+
+    async def wait(self) -> int | None:
+        """Return when the backend ends by itself, with its exit status (None if unknown).
+        A launcher whose backend cannot end by itself never returns."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop it gracefully, then forcibly; return once nothing of it is left. Must be safe to
+        call after it ended, more than once, and inside a shielded cancel scope."""
+        ...
+
+    def describe_exit(self, status: int | None) -> str:
+        """A reason for a failure report: `exited with status 3`, `killed by SIGKILL`."""
+        ...
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last lines the backend wrote since this start (empty if unknown)."""
+        ...
+
+
+class Launcher(Protocol):
+    """Starts a backend. Raises `StartFailed` when it cannot even begin (e.g. no such program)."""
+
+    async def start(self, context: LaunchContext) -> Running: ...

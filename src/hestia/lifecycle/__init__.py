@@ -1,0 +1,1 @@
+"""Backend lifecycle: the supervisor (state machine, leases, hold queue) and readiness probes."""

@@ -1,0 +1,114 @@
+"""Readiness probes: how a supervisor knows a started backend serves.
+
+Probing is adaptive: the first probe comes `FIRST_INTERVAL` after the start, each gap grows by
+`GROWTH` up to the configured cap. A start that takes 2 ms is seen in about 2 ms, one that takes
+two minutes costs a probe every `interval` — cheap on loopback, where an early probe is a refused
+connect — and the added cold-start latency stays below `interval`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from ..config import ServiceConfig
+from ..errors import GatewayError
+from ..http.upstream import UpstreamPool, fetch_status
+
+__all__ = ["DelayProbe", "HttpProbe", "Probe", "TcpProbe", "make_probe", "poll_until"]
+
+FIRST_INTERVAL = 0.002
+GROWTH = 1.5
+PROBE_TIMEOUT = 5.0
+
+
+class Probe(Protocol):
+    last_result: str | None
+
+    async def wait_ready(self) -> None:
+        """Return once the backend is ready; never returns otherwise (the caller times out)."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], cap: float) -> None:
+    interval = FIRST_INTERVAL
+    while not await check():
+        await trio.sleep(interval)
+        interval = min(interval * GROWTH, cap)
+
+
+class TcpProbe:
+    def __init__(self, host: str, port: int, cap: float) -> None:
+        self._pool = UpstreamPool(host, port)
+        self._cap = cap
+        self.last_result: str | None = None
+
+    def describe(self) -> str:
+        return "tcp connect"
+
+    async def _check(self) -> bool:
+        try:
+            conn = await self._pool.connect(PROBE_TIMEOUT)
+        except GatewayError as exc:
+            self.last_result = exc.detail
+            return False
+        await conn.aclose()
+        self.last_result = "connected"
+        return True
+
+    async def wait_ready(self) -> None:
+        await poll_until(self._check, self._cap)
+
+
+class HttpProbe:
+    def __init__(self, host: str, port: int, path: str, cap: float, tls: bool = False) -> None:
+        self.host, self.port, self.path, self.tls = host, port, path, tls
+        self._cap = cap
+        self.last_result: str | None = None
+
+    def describe(self) -> str:
+        return f"http GET {self.path}"
+
+    async def _check(self) -> bool:
+        try:
+            status = await fetch_status(self.host, self.port, self.path,
+                                        timeout=PROBE_TIMEOUT, tls=self.tls)
+        except GatewayError as exc:
+            self.last_result = exc.detail
+            return False
+        self.last_result = f"HTTP {status}"
+        return 200 <= status < 400
+
+    async def wait_ready(self) -> None:
+        await poll_until(self._check, self._cap)
+
+
+class DelayProbe:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.last_result: str | None = None
+
+    def describe(self) -> str:
+        return f"delay {self.delay}s"
+
+    async def wait_ready(self) -> None:
+        await trio.sleep(self.delay)
+        self.last_result = "delay elapsed"
+
+
+def make_probe(service: ServiceConfig) -> Probe:
+    readiness = service.readiness
+    host, port = service.upstream_host, service.upstream_port
+    tls = service.upstream.startswith("https:")
+    if readiness.kind == "http":
+        assert readiness.http is not None
+        return HttpProbe(host, port, service.upstream_prefix + readiness.http, readiness.interval,
+                         tls)
+    if readiness.kind == "delay":
+        assert readiness.delay is not None
+        return DelayProbe(readiness.delay)
+    return TcpProbe(host, port, readiness.interval)

@@ -1,0 +1,499 @@
+"""The supervisor: the single owner of one backend's lifecycle.
+
+```
+ COLD ──lease wanted / start──▶ STARTING ──ready──▶ READY ──idle / stop──▶ STOPPING ──▶ COLD
+   ▲                               │                  │
+   └─────── start failed ──────────┘                  └── exited by itself (crash) ──▶ COLD
+```
+
+Request handlers never look at the state and act on it; they ask for a lease
+(`async with supervisor.lease(): …`) and the supervisor decides. A request for a backend that is
+not READY waits in the bounded FIFO hold queue; the supervisor's task starts the backend and, the
+moment it is ready, grants a lease to every waiter in arrival order. A request arriving while the
+backend is STOPPING waits as well and, once the stop is done, causes a fresh start.
+
+The idle timer runs only while no lease is held, counting from the release of the last lease.
+Everything that takes time (launch, probe, stop) happens in `run()`, the supervisor's own task;
+the methods callers use (`lease`, `request_start`, `request_stop`, `close`) only record what is
+wanted and wake that task.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+
+from ..config import ServiceConfig
+from ..errors import (
+    BackendCrashed,
+    GatewayError,
+    QueueFull,
+    QueueTimeout,
+    StartCancelled,
+    StartFailed,
+)
+from ..http.upstream import UpstreamPool
+from ..launchers.base import LaunchContext, Launcher, Running
+from .readiness import Probe
+
+__all__ = ["Lease", "State", "Supervisor"]
+
+log = structlog.get_logger("hestia.supervisor")
+
+KEEP_WARM_MAX_BACKOFF = 60.0
+LOG_TAIL_LINES = 20
+
+
+class State(enum.Enum):
+    COLD = "COLD"
+    STARTING = "STARTING"
+    READY = "READY"
+    STOPPING = "STOPPING"
+
+
+class Lease:
+    """Held by a request while it uses the backend. The supervisor can revoke it (the backend
+    crashed or was stopped): its cancel scope is cancelled and `error` says why."""
+
+    __slots__ = ("scope", "error")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.error: GatewayError | None = None
+
+    def revoke(self, error: GatewayError) -> None:
+        self.error = error
+        self.scope.cancel()
+
+
+class _Waiter:
+    __slots__ = ("event", "lease", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.lease: Lease | None = None
+        self.error: GatewayError | None = None
+
+
+class Supervisor:
+    """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
+
+    def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
+                 backend: str = "default", drain_timeout: float = 10.0) -> None:
+        self.name = name
+        self.backend = backend
+        self.config = config
+        self.launcher = launcher
+        self.probe = probe
+        self.drain_timeout = drain_timeout
+        self.pool = UpstreamPool(config.upstream_host, config.upstream_port,
+                                 tls=config.upstream.startswith("https:"))
+        self.state = State.COLD
+        self.last_used: float | None = None        # wall clock, for people
+        self.last_error: dict[str, Any] | None = None
+        self.last_start_duration: float | None = None
+        self.ready_since: float | None = None      # wall clock
+        self.starts = 0
+        self._leases: set[Lease] = set()
+        self._waiters: dict[_Waiter, None] = {}
+        self._changed = trio.Event()
+        self._running: Running | None = None
+        self._exit: tuple[Running, int | None] | None = None
+        self._idle_since = 0.0                      # trio clock
+        self._start_requested = False
+        self._stop_requested: str | None = None
+        self._start_scope: trio.CancelScope | None = None
+        self._closing = False
+        self._failures = 0
+        self._retry_at = math.inf
+
+    def __repr__(self) -> str:
+        return (f"<Supervisor {self.name} {self.state.name} leases={len(self._leases)} "
+                f"waiting={len(self._waiters)}>")
+
+    # --- what callers use ---------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._leases)
+
+    @property
+    def queue_pending(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def pid(self) -> int | None:
+        return self._running.pid if self._running is not None else None
+
+    def acquire_nowait(self) -> Lease | None:
+        """A lease at once when the backend is READY (the hot path), else None."""
+        if self.state is State.READY and self._stop_requested is None and not self._closing:
+            return self._grant()
+        return None
+
+    async def acquire(self) -> Lease:
+        """A lease, waiting in the hold queue (and starting the backend) when needed.
+
+        Raises `QueueFull`, `QueueTimeout`, `StartFailed` or `StartCancelled` (all 503).
+        Pair every lease with `release()`; `lease()` does both.
+        """
+        return self.acquire_nowait() or await self._wait_for_lease()
+
+    def release(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+        self.last_used = time.time()
+        if not self._leases:
+            self._idle_since = trio.current_time()
+            self._notify()
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Lease]:
+        """Hold the backend for the duration of the block, starting it if needed.
+
+        Raises what `acquire` raises. When the lease is revoked (crash, stop), the block is
+        cancelled and the context exits quietly with `lease.error` set: the caller answers that
+        error if it can still answer at all.
+        """
+        lease = await self.acquire()
+        try:
+            with lease.scope:
+                yield lease
+        finally:
+            self.release(lease)
+
+    def request_start(self) -> bool:
+        """Ask for a start without a request. False when already starting or running."""
+        if self.state in (State.STARTING, State.READY) or self._closing:
+            return False
+        self._start_requested = True
+        self._notify()
+        return True
+
+    def request_stop(self, reason: str = "api") -> bool:
+        """Ask for a stop. In-flight requests get `drain_timeout` to finish; requests arriving
+        meanwhile wait for a fresh start. False when there is nothing to stop."""
+        self._start_requested = False
+        if self.state is State.STARTING and self._start_scope is not None:
+            self._start_scope.cancel()
+            return True
+        if self.state is State.READY and not self._stop_requested:
+            self._stop_requested = reason
+            self._notify()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Begin shutting down: waiters get 503, the backend is stopped, `run()` returns."""
+        self._closing = True
+        if self._start_scope is not None:
+            self._start_scope.cancel()
+        self._notify()
+
+    def retry_after(self) -> float:
+        """A fair guess of when a refused client should try again, in seconds."""
+        return max(1.0, self.last_start_duration or 5.0)
+
+    # --- state changes (synchronous: decide here, act in run()) --------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._notify()
+
+    def _grant(self) -> Lease:
+        lease = Lease()
+        self._leases.add(lease)
+        self.last_used = time.time()
+        return lease
+
+    async def _wait_for_lease(self) -> Lease:
+        if self._closing:
+            raise StartCancelled("the gateway is shutting down", service=self.name,
+                                 retry_after=self.retry_after())
+        if len(self._waiters) >= self.config.queue.max:
+            log.warning("queue_overflow", service=self.name, queue_max=self.config.queue.max,
+                        state=self.state.name)
+            raise QueueFull(
+                f"{self.config.queue.max} requests are already waiting for {self.name!r}",
+                service=self.name, retry_after=self.retry_after(), state=self.state.name)
+        waiter = _Waiter()
+        self._waiters[waiter] = None
+        self._notify()
+        try:
+            with trio.move_on_after(self.config.queue.timeout):
+                await waiter.event.wait()
+        except BaseException:
+            # Cancelled (client went away, shutdown): leave the queue, or give back a lease
+            # that was granted in the same instant.
+            if waiter.lease is not None:
+                self.release(waiter.lease)
+            self._waiters.pop(waiter, None)
+            raise
+        if not waiter.event.is_set():
+            self._waiters.pop(waiter, None)
+            log.warning("queue_timeout", service=self.name, state=self.state.name,
+                        waited_s=self.config.queue.timeout)
+            raise QueueTimeout(
+                f"{self.name!r} was not ready within {self.config.queue.timeout}s "
+                f"(state {self.state.name})",
+                service=self.name, retry_after=self.retry_after(), state=self.state.name)
+        if waiter.error is not None:
+            raise copy.copy(waiter.error)
+        assert waiter.lease is not None
+        return waiter.lease
+
+    def _release_waiters(self) -> None:
+        """READY: every waiter gets its lease, in arrival order, in one go."""
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters:
+            waiter.lease = self._grant()
+            waiter.event.set()
+
+    def _fail_waiters(self, error: GatewayError) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters:
+            waiter.error = error
+            waiter.event.set()
+
+    def _revoke_leases(self, error: GatewayError) -> None:
+        for lease in list(self._leases):
+            lease.revoke(error)
+
+    # --- the owner's task ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the backend until `close()`; a backend still running on the way out is stopped."""
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.config.keep_warm:
+                    self._start_requested = True
+                task_status.started()
+                await self._loop(nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._running is not None:
+                with trio.CancelScope(shield=True):
+                    await self._running.stop()
+                self._running = None
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            if self._closing:
+                await self._shut_down()
+                return
+            if self.state is State.COLD:
+                if self._waiters or self._start_requested or trio.current_time() >= self._retry_at:
+                    await self._start(nursery)
+                else:
+                    with trio.move_on_at(self._retry_at):
+                        await self._changed.wait()
+            elif self.state is State.READY:
+                await self._while_ready()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._start_requested = False
+        self._retry_at = math.inf
+        self._exit = None
+        self.starts += 1
+        self._set_state(State.STARTING)
+        began = trio.current_time()
+        log.info("backend_starting", service=self.name, launcher=repr(self.launcher),
+                 attempt=self.starts)
+        context = LaunchContext(self.name, self.backend, self.config.upstream,
+                                self.config.upstream_port)
+        timeout = self.config.readiness.timeout
+        running: Running | None = None
+        error: GatewayError | None = None
+        ready = False
+        with trio.CancelScope() as self._start_scope:
+            try:
+                with trio.fail_after(timeout):
+                    running = self._running = await self.launcher.start(context)
+                    await self._until_ready(running)
+                    ready = True
+            except trio.TooSlowError:
+                error = StartFailed(
+                    f"{self.name!r} was not ready after {timeout}s "
+                    f"(last probe: {self.probe.last_result or 'none'})",
+                    service=self.name, reason="timeout")
+            except StartFailed as exc:
+                error = exc
+        self._start_scope = None
+        if error is None and not ready:
+            error = StartCancelled(f"the start of {self.name!r} was cancelled",
+                                   service=self.name)
+        duration = trio.current_time() - began
+        if error is not None:
+            await self._start_failed(error, running, duration)
+            return
+        assert running is not None
+        self._failures = 0
+        self.last_start_duration = duration
+        self.ready_since = time.time()
+        self._idle_since = trio.current_time()
+        nursery.start_soon(self._watch_exit, running)
+        self._set_state(State.READY)
+        log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
+                 waiting=len(self._waiters), pid=running.pid)
+        self._release_waiters()
+
+    async def _until_ready(self, running: Running) -> None:
+        """Probe until ready; a backend that ends meanwhile fails the start at once."""
+        ended: list[int | None] = []
+        async with trio.open_nursery() as race:
+            async def watch() -> None:
+                ended.append(await running.wait())
+                race.cancel_scope.cancel()
+
+            async def probe() -> None:
+                await self.probe.wait_ready()
+                race.cancel_scope.cancel()
+
+            race.start_soon(watch)
+            race.start_soon(probe)
+        if ended:
+            raise StartFailed(
+                f"{self.name!r} {running.describe_exit(ended[0])} while starting",
+                service=self.name, reason="exited", exit_status=ended[0],
+                log_tail=running.log_tail(LOG_TAIL_LINES))
+
+    async def _start_failed(self, error: GatewayError, running: Running | None,
+                            duration: float) -> None:
+        if running is not None:
+            with trio.CancelScope(shield=True):
+                await running.stop()
+            if "log_tail" not in error.extra:
+                error.extra["log_tail"] = running.log_tail(LOG_TAIL_LINES)
+        self._running = None
+        error.retry_after = self.retry_after()
+        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
+                           **error.extra}
+        cancelled = isinstance(error, StartCancelled)
+        (log.info if cancelled else log.error)(
+            "backend_start_cancelled" if cancelled else "backend_start_failed",
+            service=self.name, detail=error.detail, duration_ms=round(duration * 1000, 1),
+            log_tail=error.extra.get("log_tail"))
+        self._set_state(State.COLD)
+        self._fail_waiters(error)
+        if self.config.keep_warm and not cancelled and not self._closing:
+            self._failures += 1
+            delay = min(KEEP_WARM_MAX_BACKOFF, 2.0 ** (self._failures - 1))
+            self._retry_at = trio.current_time() + delay
+
+    async def _watch_exit(self, running: Running) -> None:
+        status = await running.wait()
+        if self._running is running and self.state is State.READY:
+            self._exit = (running, status)
+            self._notify()
+
+    async def _while_ready(self) -> None:
+        while True:
+            if self._closing:
+                return
+            if self._exit is not None:
+                await self._crashed()
+                return
+            if self._stop_requested is not None:
+                await self._stop(self._stop_requested)
+                return
+            deadline = math.inf
+            idle_timeout = self.config.idle_timeout
+            if idle_timeout > 0 and not self._leases:
+                deadline = self._idle_since + idle_timeout
+                if trio.current_time() >= deadline:
+                    await self._stop("idle")
+                    return
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+
+    async def _crashed(self) -> None:
+        assert self._exit is not None
+        running, status = self._exit
+        self._exit = None
+        self._running = None
+        reason = running.describe_exit(status)
+        tail = running.log_tail(LOG_TAIL_LINES)
+        error = BackendCrashed(f"{self.name!r} {reason} while serving", service=self.name,
+                               exit_status=status, log_tail=tail)
+        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
+                           "exit_status": status, "log_tail": tail}
+        log.error("backend_crashed", service=self.name, detail=reason, exit_status=status,
+                  in_flight=len(self._leases), log_tail=tail)
+        self._revoke_leases(error)
+        self.ready_since = None
+        await self.pool.clear()
+        self._set_state(State.COLD)
+        if self.config.keep_warm:
+            self._start_requested = True
+
+    async def _stop(self, reason: str) -> None:
+        self._stop_requested = None
+        self._set_state(State.STOPPING)
+        began = trio.current_time()
+        if self._leases:
+            with trio.move_on_after(self.drain_timeout):
+                while self._leases:
+                    await self._changed.wait()
+            self._revoke_leases(BackendCrashed(f"{self.name!r} was stopped ({reason})",
+                                               service=self.name))
+        running, self._running = self._running, None
+        if running is not None:
+            with trio.CancelScope(shield=True):
+                await running.stop()
+        await self.pool.clear()
+        self.ready_since = None
+        self._set_state(State.COLD)
+        log.info("backend_stopped", service=self.name, reason=reason,
+                 stop_duration_ms=round((trio.current_time() - began) * 1000, 1))
+
+    async def _shut_down(self) -> None:
+        self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name))
+        if self._running is not None:
+            self._revoke_leases(BackendCrashed("the gateway is shutting down",
+                                               service=self.name))
+            await self._stop("shutdown")
+
+    # --- for the API --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        running = self._running
+        return {
+            "serviceId": self.name,
+            "state": self.state.name,
+            "machineId": "local",
+            "upstream": self.config.upstream,
+            "readiness": {"probe": self.probe.describe(),
+                          "ready": self.state is State.READY,
+                          "lastResult": self.probe.last_result},
+            "queuePending": len(self._waiters),
+            "inFlight": len(self._leases),
+            "lastUsed": _iso(self.last_used),
+            "readySince": _iso(self.ready_since),
+            "lastStartDurationMs": (None if self.last_start_duration is None
+                                    else round(self.last_start_duration * 1000, 1)),
+            "lastError": self.last_error and {**self.last_error,
+                                              "at": _iso(self.last_error["at"])},
+            "idleTimeoutS": self.config.idle_timeout,
+            "keepWarm": self.config.keep_warm,
+            "pid": running.pid if running is not None else None,
+            "starts": self.starts,
+            "logTail": running.log_tail(LOG_TAIL_LINES) if running is not None else
+            (self.last_error or {}).get("log_tail", []),
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

@@ -1,0 +1,53 @@
+"""Logging (structlog) and request ids.
+
+Logs are JSON lines on stderr, or rendered for people when stderr is a terminal. Every event has
+a name (`backend_ready`, `request`, …) and fields; request events carry the request id that is
+also echoed to the client in `X-Request-ID`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "request_id_from"]
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+_MAX_REQUEST_ID = 128
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None,
+                      fmt: str = "auto") -> None:
+    """Set up structlog once for the process. `fmt` is `json`, `console` or `auto` (console on a
+    terminal, JSON otherwise)."""
+    stream = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=True) if console
+        else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's `X-Request-ID` when it is a sane token, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if 0 < len(value) <= _MAX_REQUEST_ID and all(33 <= c < 127 for c in value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
