@@ -86,7 +86,7 @@ class ProcessLauncherConfig(_Model):
     command: list[str] = Field(min_length=1)
     """The program and its arguments; a string is split like a shell would (no shell runs)."""
     cwd: Path | None = None
-    """Working directory (default: Hestia's)."""
+    """Working directory (default: Hestia's); `~` is expanded."""
     env: dict[str, str] = {}
     stop_signal: str = "SIGTERM"
     """Sent to the whole process group to stop it."""
@@ -97,6 +97,11 @@ class ProcessLauncherConfig(_Model):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("cwd")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @field_validator("stop_signal")
     @classmethod
@@ -233,7 +238,7 @@ class Config(_Model):
 
     listen: str = "127.0.0.1:8080"
     """`host:port` to serve on (default loopback only). `[::1]:8080` for IPv6."""
-    data_dir: Path = Path("~/.local/share/hestia")
+    data_dir: Path = Field(default=Path("~/.local/share/hestia"), validate_default=True)
     """Where process logs (and later the database) live; `~` is expanded."""
     grace_period: Duration = 10.0
     """On shutdown, in-flight requests get this long to finish (default 10s)."""

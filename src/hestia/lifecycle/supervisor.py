@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -59,15 +60,20 @@ class State(enum.Enum):
     STOPPING = "STOPPING"
 
 
+_serials = itertools.count(1)
+
+
 class Lease:
     """Held by a request while it uses the backend. The supervisor can revoke it (the backend
-    crashed or was stopped): its cancel scope is cancelled and `error` says why."""
+    crashed or was stopped): its cancel scope is cancelled and `error` says why. `serial` grows
+    with every lease granted, so the order of grants can be seen."""
 
-    __slots__ = ("scope", "error")
+    __slots__ = ("scope", "error", "serial")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.error: GatewayError | None = None
+        self.serial = next(_serials)
 
     def revoke(self, error: GatewayError) -> None:
         self.error = error

@@ -1,0 +1,103 @@
+"""A fake launcher and probe for unit tests in virtual time (no processes, no sockets)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+
+from hestia.config import ServiceConfig
+from hestia.errors import StartFailed
+from hestia.launchers.base import LaunchContext
+from hestia.lifecycle.supervisor import Supervisor
+
+
+class FakeRunning:
+    def __init__(self, launcher: FakeLauncher, pid: int) -> None:
+        now = trio.current_time()
+        self.launcher = launcher
+        self.pid = pid
+        self.ready_at = now + launcher.start_s if launcher.ready else math.inf
+        self.exit_at = math.inf if launcher.exit_after is None else now + launcher.exit_after
+        self.status: int | None = None
+        self._exited = trio.Event()
+
+    def exit(self, status: int | None) -> None:
+        if not self._exited.is_set():
+            self.status = status
+            self._exited.set()
+
+    async def wait(self) -> int | None:
+        with trio.move_on_at(self.exit_at):
+            await self._exited.wait()
+        self.exit(self.launcher.exit_status)
+        return self.status
+
+    async def stop(self) -> None:
+        if self._exited.is_set():
+            return
+        self.launcher.stop_calls.append(trio.current_time())
+        await trio.sleep(self.launcher.stop_s)
+        self.exit(-15)
+
+    def describe_exit(self, status: int | None) -> str:
+        return f"exited with status {status}"
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        return [f"fake log of pid {self.pid}"]
+
+
+class FakeLauncher:
+    """Starts a `FakeRunning` that is ready `start_s` after its start.
+
+    `ready=False`: never ready. `exit_after`: ends by itself that long after its start with
+    `exit_status`. `spawn_error`: the start itself fails. `stop_s`: a stop takes that long.
+    """
+
+    def __init__(self, *, start_s: float = 1.0, ready: bool = True,
+                 exit_after: float | None = None, exit_status: int = 1, stop_s: float = 0.0,
+                 spawn_error: str | None = None) -> None:
+        self.start_s = start_s
+        self.ready = ready
+        self.exit_after = exit_after
+        self.exit_status = exit_status
+        self.stop_s = stop_s
+        self.spawn_error = spawn_error
+        self.starts: list[float] = []
+        self.stop_calls: list[float] = []
+        self.current: FakeRunning | None = None
+
+    async def start(self, context: LaunchContext) -> FakeRunning:
+        self.starts.append(trio.current_time())
+        if self.spawn_error:
+            raise StartFailed(self.spawn_error, service=context.service)
+        self.current = FakeRunning(self, 1000 + len(self.starts))
+        return self.current
+
+
+class FakeProbe:
+    def __init__(self, launcher: FakeLauncher) -> None:
+        self.launcher = launcher
+        self.last_result: str | None = None
+
+    def describe(self) -> str:
+        return "fake"
+
+    async def wait_ready(self) -> None:
+        assert self.launcher.current is not None
+        await trio.sleep_until(self.launcher.current.ready_at)
+        self.last_result = "ready"
+
+
+def service(**fields: Any) -> ServiceConfig:
+    base: dict[str, Any] = {"upstream": "http://127.0.0.1:9",
+                            "launcher": {"process": {"command": ["unused"]}}}
+    return ServiceConfig.model_validate({**base, **fields})
+
+
+def supervisor(launcher: FakeLauncher | None = None, *, drain_timeout: float = 10.0,
+               **fields: Any) -> Supervisor:
+    launcher = launcher or FakeLauncher()
+    return Supervisor("echo", service(**fields), launcher, FakeProbe(launcher),
+                      drain_timeout=drain_timeout)

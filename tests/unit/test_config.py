@@ -1,0 +1,153 @@
+"""Configuration: durations, interpolation, environment overrides, and errors with paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hestia.config import load_config, parse_config, parse_duration
+from hestia.errors import ConfigError
+
+MINIMAL = {"services": {"ollama": {"upstream": "http://127.0.0.1:11434",
+                                   "launcher": {"process": {"command": "ollama serve"}}}}}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), (12, 12.0), ("1.5", 1.5),
+    (0, 0.0),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "-3s", "", True, "1d"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_defaults_and_shell_split_command():
+    config = parse_config(MINIMAL, env={})
+    ollama = config.services["ollama"]
+    assert ollama.launcher.process is not None
+    assert ollama.launcher.process.command == ["ollama", "serve"]
+    assert ollama.idle_timeout == 300.0
+    assert ollama.queue.max == 100
+    assert ollama.readiness.kind == "tcp"
+    assert config.listen == "127.0.0.1:8080"
+    assert config.data_dir == Path("~/.local/share/hestia").expanduser()
+
+
+def test_variables_are_interpolated_with_defaults():
+    raw = {"services": {"ollama": {
+        "upstream": "http://${OLLAMA_HOSTNAME}:${OLLAMA_PORT:-11434}",
+        "launcher": {"process": {"command": ["ollama", "serve"], "env": {"TOKEN": "${TOKEN}"}}},
+    }}}
+    config = parse_config(raw, env={"OLLAMA_HOSTNAME": "gpu", "TOKEN": "t0k"})
+    assert config.services["ollama"].upstream == "http://gpu:11434"
+    assert config.services["ollama"].launcher.process.env == {"TOKEN": "t0k"}
+
+
+def test_an_unset_variable_without_default_is_an_error_with_its_path():
+    raw = {"services": {"ollama": {**MINIMAL["services"]["ollama"],
+                                   "upstream": "http://${NOPE}:1"}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, env={})
+    assert caught.value.errors[0][0] == "services.ollama.upstream"
+    assert "NOPE is not set" in caught.value.errors[0][1]
+
+
+def test_environment_overrides_fields_of_declared_services():
+    env = {"OLLAMA_IDLE_TIMEOUT": "10m", "OLLAMA_QUEUE_MAX": "5", "OLLAMA_KEEP_WARM": "true",
+           "OLLAMA_READINESS_HTTP": "/api/tags", "OTHER_IDLE_TIMEOUT": "1s"}
+    config = parse_config(MINIMAL, env=env)
+    ollama = config.services["ollama"]
+    assert ollama.idle_timeout == 600.0
+    assert ollama.queue.max == 5
+    assert ollama.keep_warm is True
+    assert ollama.readiness.http == "/api/tags"
+    assert set(config.services) == {"ollama"}  # OTHER_ never invents a service
+
+
+def test_an_override_that_is_invalid_fails_with_its_path():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL, env={"OLLAMA_QUEUE_MAX": "0"})
+    assert [path for path, _ in caught.value.errors] == ["services.ollama.queue.max"]
+
+
+def test_the_longest_service_id_wins_an_override():
+    raw = {"services": {
+        "my": MINIMAL["services"]["ollama"],
+        "my-app": MINIMAL["services"]["ollama"],
+    }}
+    config = parse_config(raw, env={"MY_APP_IDLE_TIMEOUT": "7s"})
+    assert config.services["my-app"].idle_timeout == 7.0
+    assert config.services["my"].idle_timeout == 300.0
+
+
+def test_every_error_is_listed_with_its_path():
+    raw = {
+        "listen": "nowhere",
+        "services": {
+            "a": {"upstream": "ftp://x", "idel_timeout": "5m",
+                  "launcher": {"process": {"command": ["x"], "stop_signal": "SIGNOPE"}},
+                  "queue": {"max": 0, "timeout": "soon"}},
+            "b": {"upstream": "http://127.0.0.1:1", "launcher": {},
+                  "readiness": {"http": "/h", "tcp": True}},
+        },
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, env={})
+    paths = sorted(path for path, _ in caught.value.errors)
+    assert paths == sorted([
+        "listen",
+        "services.a.upstream",
+        "services.a.idel_timeout",
+        "services.a.launcher.process.stop_signal",
+        "services.a.queue.max",
+        "services.a.queue.timeout",
+        "services.b.launcher",
+        "services.b.readiness",
+    ])
+    text = str(caught.value)
+    assert "services.a.idel_timeout: Extra inputs are not permitted" in text
+    assert "services.b.launcher: give exactly one launcher: process" in text
+
+
+def test_config_is_frozen():
+    config = parse_config(MINIMAL, env={})
+    with pytest.raises(Exception, match="frozen"):
+        config.services["ollama"].idle_timeout = 1  # type: ignore[misc]
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("services:\n  a: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert "line 3" in caught.value.errors[0][1]
+
+
+def test_hestia_check_lists_errors_and_exits_non_zero(tmp_path):
+    path = tmp_path / "hestia.yml"
+    path.write_text("services:\n  a:\n    upstream: http://127.0.0.1:1\n"
+                    "    launcher: {process: {command: [x]}}\n    queue: {max: 0}\n"
+                    "    idle_timeout: forever\n")
+    result = subprocess.run([sys.executable, "-m", "hestia", "check", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "services.a.queue.max: Input should be greater than or equal to 1" in result.stderr
+    assert "services.a.idle_timeout: Value error" not in result.stderr
+    assert "services.a.idle_timeout: invalid duration 'forever'" in result.stderr
+
+
+def test_hestia_check_accepts_the_example_configuration():
+    example = Path(__file__).parents[2] / "hestia.yml"
+    result = subprocess.run([sys.executable, "-m", "hestia", "check", "-c", str(example)],
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout

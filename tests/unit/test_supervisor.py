@@ -1,0 +1,342 @@
+"""The supervisor's state machine, hold queue and idle timer, in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
+from hestia.lifecycle.supervisor import State
+from tests.fakes import FakeLauncher, supervisor
+
+
+async def test_concurrent_requests_to_a_cold_backend_cause_exactly_one_start(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=2)
+    sup = supervisor(launcher)
+    await nursery.start(sup.run)
+    granted_at: list[float] = []
+
+    async def request() -> None:
+        async with sup.lease():
+            granted_at.append(trio.current_time())
+
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            clients.start_soon(request)
+    assert launcher.starts == [0.0]
+    assert granted_at == [2.0] * 50
+    assert sup.state is State.READY
+
+
+async def test_waiters_are_granted_in_arrival_order_at_the_moment_of_readiness(
+        nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=3))
+    await nursery.start(sup.run)
+    serials: dict[int, int] = {}
+
+    async def request(index: int) -> None:
+        async with sup.lease() as lease:
+            serials[index] = lease.serial
+            assert trio.current_time() == 3.0
+
+    async with trio.open_nursery() as clients:
+        for index in range(10):
+            clients.start_soon(request, index)
+            await trio.sleep(0.1)  # arrival order is index order
+    assert sorted(serials, key=serials.__getitem__) == list(range(10))
+
+
+async def test_a_waiting_request_gets_503_at_its_queue_deadline(nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=10), queue={"timeout": "5s"})
+    await nursery.start(sup.run)
+    with pytest.raises(QueueTimeout) as caught:
+        async with sup.lease():
+            pass
+    assert trio.current_time() == 5.0
+    assert caught.value.status == 503
+    assert caught.value.retry_after == 5.0  # no start duration known yet: the default guess
+    assert sup.queue_pending == 0
+    assert sup.state is State.STARTING
+
+
+async def test_queue_overflow_is_refused_at_once(nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=4), queue={"max": 2})
+    await nursery.start(sup.run)
+    results: list[str] = []
+
+    async def request() -> None:
+        try:
+            async with sup.lease():
+                results.append(f"ok@{trio.current_time()}")
+        except QueueFull:
+            results.append(f"full@{trio.current_time()}")
+
+    async with trio.open_nursery() as clients:
+        for _ in range(3):
+            clients.start_soon(request)
+            await trio.sleep(0)
+    assert sorted(results) == ["full@0.0", "ok@4.0", "ok@4.0"]
+
+
+async def test_idle_backend_stops_after_timeout_counted_from_the_last_release(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, idle_timeout=30)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        await trio.sleep(5)
+    assert trio.current_time() == 6.0
+    await trio.sleep(29.9)
+    assert sup.state is State.READY
+    await trio.sleep(0.2)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [36.0]
+
+
+async def test_a_lease_held_across_a_long_stream_keeps_the_backend(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, idle_timeout=30)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        await trio.sleep(100)  # a streamed body, far longer than the idle timeout
+        assert sup.state is State.READY
+    await trio.sleep(30.1)
+    assert launcher.stop_calls == [131.0]
+
+
+async def test_overlapping_leases_idle_timer_starts_when_the_last_ends(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=0)
+    sup = supervisor(launcher, idle_timeout=10)
+    await nursery.start(sup.run)
+
+    async def hold(seconds: float) -> None:
+        async with sup.lease():
+            await trio.sleep(seconds)
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(hold, 5)
+        clients.start_soon(hold, 8)
+    await trio.sleep(20)
+    assert launcher.stop_calls == [18.0]
+
+
+async def test_idle_timeout_zero_never_stops(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, idle_timeout=0)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        pass
+    await trio.sleep(10 * 24 * 3600)
+    assert sup.state is State.READY
+    assert launcher.stop_calls == []
+
+
+async def test_a_request_during_stopping_waits_then_triggers_a_fresh_start(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=2, stop_s=3)
+    sup = supervisor(launcher, idle_timeout=10)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        pass
+    # Ready at 2, idle from 2, stop begins at 12 and takes until 15.
+    await trio.sleep_until(13)
+    assert sup.state is State.STOPPING
+    async with sup.lease():
+        assert trio.current_time() == 17.0  # stop done at 15, fresh start ready at 17
+        assert sup.state is State.READY
+    assert launcher.starts == [0.0, 15.0]
+    assert launcher.stop_calls == [12.0]
+
+
+async def test_crash_while_ready_revokes_leases_and_the_next_request_restarts(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher)
+    await nursery.start(sup.run)
+    async with sup.lease() as lease:
+        assert launcher.current is not None
+        launcher.current.exit(3)
+        await trio.sleep(60)
+        pytest.fail("a revoked lease cancels its block")
+    assert trio.current_time() == 1.0
+    assert isinstance(lease.error, BackendCrashed)
+    assert lease.error.status == 502
+    assert sup.state is State.COLD
+    assert sup.last_error is not None and sup.last_error["exit_status"] == 3
+    async with sup.lease():
+        assert trio.current_time() == 2.0
+    assert launcher.starts == [0.0, 1.0]
+
+
+async def test_a_start_that_never_becomes_ready_times_out(nursery, autojump_clock):
+    launcher = FakeLauncher(ready=False)
+    sup = supervisor(launcher, readiness={"timeout": "7s"}, queue={"timeout": "60s"})
+    await nursery.start(sup.run)
+    with pytest.raises(StartFailed) as caught:
+        async with sup.lease():
+            pass
+    assert trio.current_time() == 7.0
+    assert "not ready after 7.0s" in caught.value.detail
+    assert caught.value.extra["reason"] == "timeout"
+    assert launcher.stop_calls == [7.0]
+    assert sup.state is State.COLD
+
+
+async def test_a_process_exiting_during_start_fails_the_start_at_once(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=30, exit_after=0.5, exit_status=3)
+    sup = supervisor(launcher, readiness={"timeout": "60s"})
+    await nursery.start(sup.run)
+    with pytest.raises(StartFailed) as caught:
+        async with sup.lease():
+            pass
+    assert trio.current_time() == 0.5
+    assert caught.value.extra["exit_status"] == 3
+    assert caught.value.extra["log_tail"] == ["fake log of pid 1001"]
+    assert "exited with status 3 while starting" in caught.value.detail
+    # Nothing is stuck: the next request tries afresh.
+    launcher.exit_after = None
+    async with sup.lease():
+        assert trio.current_time() == 30.5
+
+
+async def test_every_waiter_gets_the_start_failure(nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(spawn_error="cannot run 'nope'"))
+    await nursery.start(sup.run)
+    errors: list[str] = []
+
+    async def request() -> None:
+        with pytest.raises(StartFailed) as caught:
+            async with sup.lease():
+                pass
+        errors.append(caught.value.detail)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(3):
+            clients.start_soon(request)
+    assert errors == ["cannot run 'nope'"] * 3
+    assert trio.current_time() == 0.0
+
+
+async def test_a_client_that_goes_away_leaves_the_queue(nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=10), queue={"max": 1})
+    await nursery.start(sup.run)
+    with trio.move_on_after(2):
+        async with sup.lease():
+            pass
+    assert sup.queue_pending == 0
+    async with sup.lease():  # the place in the queue is free again
+        assert trio.current_time() == 10.0
+
+
+async def test_keep_warm_starts_at_boot_and_after_a_crash(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=2)
+    sup = supervisor(launcher, keep_warm=True, idle_timeout=0)
+    await nursery.start(sup.run)
+    await trio.sleep(3)
+    assert sup.state is State.READY
+    assert launcher.current is not None
+    launcher.current.exit(9)
+    await trio.sleep(0.5)
+    assert sup.state is State.STARTING
+    await trio.sleep(2)
+    assert sup.state is State.READY
+    assert launcher.starts == [0.0, 3.0]
+
+
+async def test_keep_warm_retries_a_failed_start_with_backoff(nursery, autojump_clock):
+    launcher = FakeLauncher(spawn_error="boom")
+    sup = supervisor(launcher, keep_warm=True)
+    await nursery.start(sup.run)
+    await trio.sleep(7.5)
+    assert launcher.starts == [0.0, 1.0, 3.0, 7.0]
+
+
+async def test_start_and_stop_requests(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1, stop_s=1)
+    sup = supervisor(launcher)
+    await nursery.start(sup.run)
+    assert sup.request_stop() is False
+    assert sup.request_start() is True
+    await trio.sleep_until(0.5)
+    assert sup.state is State.STARTING
+    assert sup.request_start() is False
+    await trio.sleep_until(1.5)
+    assert sup.state is State.READY
+    assert sup.request_start() is False
+    assert sup.request_stop() is True
+    await trio.sleep_until(2.0)
+    assert sup.state is State.STOPPING
+    await trio.sleep_until(2.6)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [1.5]
+
+
+async def test_a_stop_request_during_start_cancels_it(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=10)
+    sup = supervisor(launcher)
+    await nursery.start(sup.run)
+
+    async def stop_soon() -> None:
+        await trio.sleep(2)
+        assert sup.request_stop() is True
+
+    nursery.start_soon(stop_soon)
+    with pytest.raises(StartCancelled):
+        async with sup.lease():
+            pass
+    assert trio.current_time() == 2.0
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [2.0]
+
+
+async def test_a_stop_request_lets_in_flight_requests_finish(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=0)
+    sup = supervisor(launcher, drain_timeout=10)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        sup.request_stop()
+        await trio.sleep(4)
+        assert sup.state is State.STOPPING
+    await trio.sleep(1)
+    assert launcher.stop_calls == [4.0]
+    assert sup.state is State.COLD
+
+
+async def test_a_stop_request_revokes_requests_that_outlast_the_drain(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=0)
+    sup = supervisor(launcher, drain_timeout=10)
+    await nursery.start(sup.run)
+    async with sup.lease() as lease:
+        sup.request_stop()
+        await trio.sleep(60)
+    assert trio.current_time() == 10.0
+    assert isinstance(lease.error, BackendCrashed)
+
+
+async def test_close_fails_waiters_and_stops_the_backend(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher)
+    done = trio.Event()
+
+    async def run_supervisor() -> None:
+        await sup.run()
+        done.set()
+
+    nursery.start_soon(run_supervisor)
+    async with sup.lease():
+        pass
+    sup.close()
+    await done.wait()
+    assert launcher.stop_calls == [1.0]
+    with pytest.raises(StartCancelled):
+        async with sup.lease():
+            pass
+
+
+async def test_repr_shows_state_and_counts(nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=1))
+    await nursery.start(sup.run)
+    assert repr(sup) == "<Supervisor echo COLD leases=0 waiting=0>"
+    async with sup.lease():
+        assert repr(sup) == "<Supervisor echo READY leases=1 waiting=0>"
