@@ -75,9 +75,13 @@ class HttpProtocol(asyncio.Protocol):
                 close = True
             if line_end >= 0:
                 lower = head[line_end:].lower()
-                if b"\r\nconnection:" in lower:
-                    close = (b"close" in lower.split(b"\r\nconnection:", 1)[1].split(b"\r\n", 1)[0]
-                             or (close and b"keep-alive" not in lower))
+                pos = lower.find(b"\r\nconnection:")
+                if pos >= 0:
+                    value = lower[pos + 13:].split(b"\r\n", 1)[0]
+                    if b"close" in value:
+                        close = True
+                    elif b"keep-alive" in value:
+                        close = False
                 pos = lower.find(b"\r\ncontent-length:")
                 if pos >= 0:
                     value = lower[pos + 17:].split(b"\r\n", 1)[0].strip()

@@ -1,0 +1,175 @@
+"""The API, the `hestia` command, the built-in demo and shutdown, for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+import yaml
+
+from .conftest import client, free_port, upstream_service, wait_for_state
+
+
+async def test_the_api_shows_and_controls_services(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service(idle_timeout="1h")})
+        async with client(gateway, headers={"X-Request-ID": "api-1"}) as http:
+            health = await http.get("/__health")
+            assert health.json() == {"status": "ok", "services": 1}
+            assert health.headers["x-request-id"] == "api-1"
+
+            listing = (await http.get("/v1/services")).json()["services"]
+            assert [(s["serviceId"], s["state"]) for s in listing] == [("up", "COLD")]
+
+            started = await http.post("/v1/services/up/start")
+            assert started.status_code == 202
+            assert started.json()["state"] == "STARTING"
+            await wait_for_state(gateway, "up", "READY")
+            again = await http.post("/v1/services/up/start")
+            assert again.status_code == 409
+            assert again.json()["error"] == "conflict"
+            assert again.json()["request_id"] == "api-1"
+
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["serviceId"] == "up"
+            assert status["state"] == "READY"
+            assert status["machineId"] == "local"
+            assert status["readiness"] == {"probe": "http GET /health", "ready": True,
+                                           "lastResult": "HTTP 200"}
+            assert (status["queuePending"], status["inFlight"]) == (0, 0)
+            assert status["lastUsed"] is None
+            assert status["lastStartDurationMs"] > 0
+            assert any(line.startswith("listening ") for line in status["logTail"])
+
+            await http.get("/services/up/echo")
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["lastUsed"].endswith("Z")
+
+            stopped = await http.post("/v1/services/up/stop")
+            assert stopped.status_code == 202
+            await wait_for_state(gateway, "up", "COLD")
+            assert (await http.post("/v1/services/up/stop")).status_code == 409
+
+            missing = await http.get("/v1/services/nope/status")
+            assert missing.status_code == 404
+            assert missing.json()["error"] == "unknown_service"
+            assert missing.json()["request_id"] == "api-1"
+            unknown_route = await http.get("/v1/nothing")
+            assert unknown_route.status_code == 404
+            assert unknown_route.json()["request_id"] == "api-1"
+
+
+def _hestia(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hestia", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+async def _wait_http(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                await http.get(url)
+                return
+            except httpx.TransportError:
+                await trio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
+    port = free_port()
+    service = upstream_service("--ignore-sigterm", "--spawn-child")
+    service["launcher"]["process"]["stop_timeout"] = "500ms"
+    config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
+              "grace_period": "1s", "services": {"up": service}}
+    path = tmp_path / "hestia.yml"
+    path.write_text(yaml.safe_dump(config))
+    gateway = _hestia("serve", "-c", str(path), "--log-format", "json")
+    try:
+        with trio.fail_after(60):
+            await _wait_http(f"http://127.0.0.1:{port}/__health")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                pid = (await http.get("/services/up/echo")).json()["pid"]
+            log = (tmp_path / "data" / "logs" / "up.log").read_text()
+            child = int(log.split("child-pid ")[1].split()[0])
+            assert _alive(pid) and _alive(child)
+            gateway.send_signal(signal.SIGTERM)
+            while gateway.poll() is None:
+                await trio.sleep(0.05)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        _, stderr = gateway.communicate()
+    assert gateway.returncode == 0, stderr
+    assert not _alive(pid)
+    assert not _alive(child)
+    assert '"event": "backend_stopped"' in stderr
+    assert '"reason": "shutdown"' in stderr
+    assert '"event": "process_kill"' in stderr  # it ignored SIGTERM, so the group got SIGKILL
+
+
+async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
+    port, demo_port = free_port(), free_port()
+    env = {**os.environ, "DEMO_UPSTREAM": f"http://127.0.0.1:{demo_port}",
+           "DEMO_IDLE_TIMEOUT": "1s", "DEMO_START_DELAY": "0.2", "HOME": str(tmp_path)}
+    gateway = _hestia("serve", "--listen", f"127.0.0.1:{port}", "--log-format", "json",
+                      env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with trio.fail_after(60):
+            await _wait_http(f"{base}/__health")
+            curl = subprocess.run(["curl", "-sS", "--max-time", "30", f"{base}/services/demo/"],
+                                  capture_output=True, text=True, check=True)
+            assert '"hello": "from the demo service"' in curl.stdout
+            async with httpx.AsyncClient(base_url=base) as http:
+                services = (await http.get("/v1/services")).json()["services"]
+                assert services[0]["serviceId"] == "demo"
+                assert services[0]["state"] == "READY"
+                while (await http.get("/v1/services/demo/status")).json()["state"] != "COLD":
+                    await trio.sleep(0.1)
+            gateway.send_signal(signal.SIGINT)
+            while gateway.poll() is None:
+                await trio.sleep(0.05)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        _, stderr = gateway.communicate()
+    assert gateway.returncode == 0, stderr
+    events = [e for e in ("backend_starting", "backend_ready", "backend_stopped")
+              if f'"event": "{e}"' in stderr]
+    assert events == ["backend_starting", "backend_ready", "backend_stopped"]
+    assert '"reason": "idle"' in stderr
+    assert (tmp_path / ".local/share/hestia/logs/demo.log").exists()
+
+
+def test_a_missing_configuration_file_is_a_clear_error():
+    result = subprocess.run([sys.executable, "-m", "hestia", "check", "-c", "/nonexistent.yml"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "/nonexistent.yml" in result.stderr
+    assert "cannot read" in result.stderr
+
+
+def test_the_public_surface_is_sorted_and_complete():
+    import hestia
+
+    assert hestia.__all__ == sorted(hestia.__all__)
+    public = {name for name in vars(hestia) if not name.startswith("_")}
+    modules = {"config", "errors", "gateway", "lifecycle", "http", "launchers",
+               "observability", "defaults", "cli", "demo"}
+    assert public - modules == set(hestia.__all__)

@@ -1,0 +1,290 @@
+"""The proxy end to end: real gateway, real upstream process, real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import httpx
+import pytest
+import trio
+
+from .conftest import assert_error_body, client, upstream_service, wait_for_state
+
+MB = 1024 * 1024
+
+
+async def test_fifty_concurrent_cold_requests_cause_one_start_and_all_succeed(start_gateway):
+    with trio.fail_after(60):
+        gateway = await start_gateway(services={"up": upstream_service("--start-delay", "0.5")})
+        results: list[httpx.Response] = []
+        async with client(gateway) as http:
+            async def one(i: int) -> None:
+                results.append(await http.get(f"/services/up/echo/{i}"))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(one, i)
+        assert [r.status_code for r in results] == [200] * 50
+        assert len({r.json()["pid"] for r in results}) == 1
+        assert gateway.supervisors["up"].starts == 1
+
+
+async def test_path_and_query_are_forwarded_byte_for_byte(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            target = "/echo/a%2Fb/%7Euser/;x=1?q=%20a+b&q=2&empty=&raw=%E2%9C%93"
+            response = await http.get("/services/up" + target)
+            assert response.json()["path"] == target
+            response = await http.get("/services/up")
+            assert response.status_code == 404  # forwarded as "/", which the upstream lacks
+            assert response.json()["path"] == "/"
+
+
+async def test_every_method_and_body_is_forwarded(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]:
+                content = f"body of {method}".encode() if method != "GET" else b""
+                response = await http.request(method, "/services/up/echo", content=content)
+                echoed = response.json()
+                assert (echoed["method"], echoed["body_length"]) == (method, len(content))
+            response = await http.head("/services/up/echo")
+            assert response.status_code == 200
+            assert response.content == b""
+
+
+async def test_headers_are_forwarded_with_hop_by_hop_dropped_and_forwarding_added(
+        start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            response = await http.post(
+                "/services/up/echo", content=b"x",
+                headers={"X-Custom": "one", "Connection": "keep-alive, X-Private",
+                         "X-Private": "secret", "Keep-Alive": "timeout=5", "TE": "trailers",
+                         "X-Request-ID": "req-123", "X-Forwarded-For": "10.1.2.3",
+                         "Authorization": "Bearer upstream-token"})
+            assert response.headers["x-request-id"] == "req-123"
+            received = {}
+            for name, value in response.json()["headers"]:
+                received.setdefault(name.lower(), []).append(value)
+            assert received["x-custom"] == ["one"]
+            assert received["authorization"] == ["Bearer upstream-token"]
+            assert received["x-request-id"] == ["req-123"]
+            assert received["x-forwarded-for"] == ["10.1.2.3, 127.0.0.1"]
+            assert received["x-forwarded-proto"] == ["http"]
+            assert received["x-forwarded-host"] == [gateway.url.removeprefix("http://")]
+            upstream = gateway.supervisors["up"].config
+            assert received["host"] == [f"127.0.0.1:{upstream.upstream_port}"]
+            for hop in ("connection", "x-private", "keep-alive", "te"):
+                assert hop not in received
+
+            response = await http.get("/services/up/hop")
+            assert response.headers["x-kept"] == "yes"
+            assert "x-secret" not in response.headers
+            assert "keep-alive" not in response.headers
+
+            response = await http.get("/services/up/cookies")
+            assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+            assert response.headers["x-upstream"] == "yes"
+            assert len(response.headers["x-request-id"]) == 32  # generated
+
+
+async def test_status_codes_pass_through(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            for status in (201, 204, 301, 404, 418, 500, 503):
+                response = await http.get(f"/services/up/status/{status}")
+                assert response.status_code == status
+
+
+async def test_a_chunk_reaches_the_client_before_the_upstream_sends_the_next(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        port = gateway.supervisors["up"].config.upstream_port
+        async with client(gateway) as http, httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}") as direct:
+            async with http.stream("GET", "/services/up/gated?key=k1&n=3") as response:
+                lines = response.aiter_lines()
+                # Each chunk is only sent by the upstream after the previous one was read here.
+                assert json.loads(await lines.__anext__()) == {"i": 0}
+                await direct.post("/release?key=k1")
+                assert json.loads(await lines.__anext__()) == {"i": 1}
+                await direct.post("/release?key=k1")
+                assert json.loads(await lines.__anext__()) == {"i": 2}
+
+
+async def test_sse_and_ndjson_streams_arrive_chunk_by_chunk(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            async with http.stream("GET", "/services/up/stream?n=4&gap_ms=50&type=sse") as r:
+                assert r.headers["content-type"] == "text/event-stream"
+                chunks = [chunk async for chunk in r.aiter_raw()]
+            assert chunks == [f'data: {{"i": {i}}}\n\n'.encode() for i in range(4)]
+
+
+async def test_a_100_mb_upload_and_download_pass_intact(start_gateway):
+    with trio.fail_after(120):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        block = bytes(range(256)) * 256  # 64 KiB
+        expected = hashlib.sha256()
+        for _ in range(100 * MB // len(block)):
+            expected.update(block)
+
+        async def upload():
+            for _ in range(100 * MB // len(block)):
+                yield block
+
+        async with client(gateway) as http:
+            response = await http.post("/services/up/upload", content=upload())
+            assert response.json() == {"length": 100 * MB, "sha256": expected.hexdigest()}
+
+            for chunked in ("0", "1"):
+                digest, size = hashlib.sha256(), 0
+                async with http.stream("GET", f"/services/up/bytes?n={100 * MB}"
+                                              f"&chunked={chunked}") as response:
+                    async for chunk in response.aiter_raw():
+                        digest.update(chunk)
+                        size += len(chunk)
+                assert (size, digest.hexdigest()) == (100 * MB, expected.hexdigest())
+
+
+async def test_unknown_service_is_404_json(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            response = await http.get("/services/nope/x")
+            body = assert_error_body(response, 404, "unknown_service", "nope")
+            assert body["services"] == ["up"]
+
+
+async def test_an_upstream_that_refuses_connections_is_502(start_gateway):
+    with trio.fail_after(30):
+        # The process is "ready" after a fixed delay but never listens where Hestia looks.
+        service = upstream_service("--port", "1", readiness={"delay": "100ms"})
+        gateway = await start_gateway(services={"up": service})
+        async with client(gateway) as http:
+            response = await http.get("/services/up/echo")
+            assert_error_body(response, 502, "upstream_unreachable", "up")
+
+
+async def test_an_upstream_that_closes_without_answering_is_502(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            response = await http.get("/services/up/close")
+            assert_error_body(response, 502, "upstream_reset", "up")
+            assert (await http.get("/services/up/health")).status_code == 200
+
+
+async def test_first_byte_and_total_deadlines_are_504(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={
+            "first": upstream_service(timeouts={"first_byte": "200ms"}),
+            "total": upstream_service(timeouts={"total": "300ms"}),
+        })
+        async with client(gateway) as http:
+            response = await http.get("/services/first/slow?ms=2000")
+            body = assert_error_body(response, 504, "upstream_timeout", "first")
+            assert body["phase"] == "first_byte"
+            response = await http.get("/services/total/slow?ms=2000")
+            body = assert_error_body(response, 504, "upstream_timeout", "total")
+            assert body["phase"] == "total"
+            # Within the deadlines, the same routes answer.
+            assert (await http.get("/services/first/slow?ms=10")).status_code == 200
+
+
+async def test_a_failed_start_is_503_with_exit_status_and_log_tail(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service("--fail-start", "3")})
+        async with client(gateway) as http:
+            response = await http.get("/services/up/echo")
+            body = assert_error_body(response, 503, "start_failed", "up")
+            assert body["exit_status"] == 3
+            assert "exited with status 3" in body["detail"]
+            assert "fatal: simulated start failure" in body["log_tail"]
+            assert int(response.headers["retry-after"]) >= 1
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["state"] == "COLD"
+            assert status["lastError"]["exit_status"] == 3
+
+
+async def test_queue_overflow_and_queue_deadline_are_503_with_retry_after(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={
+            "up": upstream_service("--start-delay", "3", queue={"max": 1, "timeout": "500ms"}),
+        })
+        async with client(gateway) as http:
+            responses: dict[str, httpx.Response] = {}
+
+            async def first() -> None:
+                responses["first"] = await http.get("/services/up/echo")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+                while gateway.supervisors["up"].queue_pending == 0:
+                    await trio.sleep(0.005)
+                responses["second"] = await http.get("/services/up/echo")
+            body = assert_error_body(responses["second"], 503, "queue_full", "up")
+            assert responses["second"].headers["retry-after"] == "5"
+            assert body["state"] == "STARTING"
+            assert_error_body(responses["first"], 503, "queue_timeout", "up")
+            assert "retry-after" in responses["first"].headers
+
+
+async def test_a_crash_while_ready_is_seen_and_the_next_request_restarts(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            first = (await http.get("/services/up/echo")).json()["pid"]
+            assert (await http.get("/services/up/die-later?ms=50")).text == "bye"
+            await wait_for_state(gateway, "up", "COLD")
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["lastError"]["error"] == "backend_crashed"
+            assert status["lastError"]["exit_status"] == 19
+            second = (await http.get("/services/up/echo")).json()["pid"]
+            assert second != first
+            assert gateway.supervisors["up"].starts == 2
+
+
+async def test_an_upstream_dying_mid_body_truncates_the_response(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get("/services/up/crash-mid-body")
+            await wait_for_state(gateway, "up", "COLD")
+            assert (await http.get("/services/up/health")).status_code == 200
+
+
+async def test_a_client_leaving_mid_stream_releases_its_lease(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        supervisor = gateway.supervisors["up"]
+        async with client(gateway) as http:
+            async with http.stream("GET", "/services/up/stream?n=1000&gap_ms=20") as response:
+                async for _ in response.aiter_raw():
+                    assert supervisor.in_flight == 1
+                    break
+        while supervisor.in_flight:
+            await trio.sleep(0.005)
+        assert supervisor.state.name == "READY"
+
+
+async def test_idle_shutdown_really_ends_the_process(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service(idle_timeout="300ms")})
+        async with client(gateway) as http:
+            pid = (await http.get("/services/up/echo")).json()["pid"]
+            os.kill(pid, 0)  # alive
+            await wait_for_state(gateway, "up", "COLD")
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["pid"] is None
