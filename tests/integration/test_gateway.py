@@ -133,10 +133,9 @@ async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
     try:
         with trio.fail_after(60):
             await _wait_http(f"{base}/__health")
-            curl = subprocess.run(["curl", "-sS", "--max-time", "30", f"{base}/services/demo/"],
-                                  capture_output=True, text=True, check=True)
-            assert '"hello": "from the demo service"' in curl.stdout
-            async with httpx.AsyncClient(base_url=base) as http:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                hello = (await http.get("/services/demo/")).json()
+                assert hello["hello"] == "from the demo service"
                 services = (await http.get("/v1/services")).json()["services"]
                 assert services[0]["serviceId"] == "demo"
                 assert services[0]["state"] == "READY"
