@@ -297,8 +297,7 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _env_overrides(raw: dict[str, Any], env: Mapping[str, str],
-                   errors: list[tuple[str, str]]) -> None:
+def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     """Apply `<SERVICE>_<FIELD>` variables to the services `raw` declares, in place."""
     services = raw.get("services")
     if not isinstance(services, dict):
@@ -370,7 +369,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
         raise ConfigError([("", "the configuration must be a mapping")], source)
     errors: list[tuple[str, str]] = []
     data = _interpolate(raw, env, "", errors)
-    _env_overrides(data, env, errors)
+    _env_overrides(data, env)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -288,3 +288,18 @@ async def test_idle_shutdown_really_ends_the_process(start_gateway):
                 os.kill(pid, 0)
             status = (await http.get("/v1/services/up/status")).json()
             assert status["pid"] is None
+
+
+async def test_a_client_that_disconnects_while_waiting_leaves_the_queue(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service("--start-delay", "5")})
+        supervisor = gateway.supervisors["up"]
+        host, port = gateway.url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /services/up/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        while supervisor.queue_pending == 0:
+            await trio.sleep(0.005)
+        await stream.aclose()
+        while supervisor.queue_pending:
+            await trio.sleep(0.005)
+        assert supervisor.in_flight == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
 from hestia.lifecycle.supervisor import State
@@ -75,7 +76,7 @@ async def test_queue_overflow_is_refused_at_once(nursery, autojump_clock):
     async with trio.open_nursery() as clients:
         for _ in range(3):
             clients.start_soon(request)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
     assert sorted(results) == ["full@0.0", "ok@4.0", "ok@4.0"]
 
 
