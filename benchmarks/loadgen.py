@@ -5,7 +5,7 @@ Two commands, each printing one JSON object on stdout:
     python benchmarks/loadgen.py run --url URL -c 32 -d 5 --warmup 1 [--procs N] [--cpus 1]
     python benchmarks/loadgen.py hold --url URL -n 2000 [--timeout 60]
 
-`run`: closed-loop load on keep-alive connections. Each connection is an asyncio raw Protocol
+`run`: closed-loop load on keep-alive connections (reconnecting when the server closes one). Each connection is an asyncio raw Protocol
 that writes a fixed request, parses the response head for its Content-Length, reads the body,
 records the latency (perf_counter_ns) and sends the next request at once. Connections are spread
 over `--procs` worker processes (default: one per 16 connections, at most one per usable CPU).
@@ -13,7 +13,8 @@ All workers share one time line: `--warmup` seconds of load that are not recorde
 seconds whose completed requests are counted. Output: requests, rps, p50/p90/p99/max latency
 (ms), non-2xx and socket errors.
 
-`hold`: opens N connections from one asyncio process (in batches, raising RLIMIT_NOFILE first),
+`hold`: opens N connections from one asyncio process (in paced batches, `--rate` per second,
+after raising RLIMIT_NOFILE),
 sends one request on each, prints `sent <n> <time.time()>` on stderr once all are sent, then
 waits for every response. Output: the count per status, errors, and when the first and last
 responses arrived.
@@ -215,11 +216,11 @@ def percentile(sorted_values: list[int] | array, q: float) -> float:
 
 
 def run_load(url: str, concurrency: int, duration: float, warmup: float,
-             procs: int) -> dict[str, object]:
+             procs: int, start_at: float | None = None) -> dict[str, object]:
     host, port, request = build_request(url)
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
-    start_wall = time.time() + 0.3
+    start_wall = start_at if start_at and start_at > time.time() else time.time() + 0.3
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     workers = [ctx.Process(target=_worker_main, daemon=True,
@@ -279,13 +280,18 @@ class _HoldConnection(asyncio.Protocol):
             self.result.set_result((-1, time.time()))
 
 
-async def _hold(url: str, count: int, batch: int, timeout: float) -> dict[str, object]:
+async def _hold(url: str, count: int, batch: int, rate: float,
+                timeout: float) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     host, port, request = build_request(url, close=True)
     results: list[asyncio.Future[tuple[int, float]]] = []
     connect_errors = 0
     began = time.time()
     for first in range(0, count, batch):
+        # Pace the connects: a burst faster than the server accepts overflows its listen
+        # backlog, and each dropped SYN costs the client a 1 s (then 3 s, 7 s) retransmit.
+        if rate > 0:
+            await asyncio.sleep(max(0.0, began + first / rate - time.time()))
         pending = []
         for _ in range(first, min(count, first + batch)):
             fut: asyncio.Future[tuple[int, float]] = loop.create_future()
@@ -295,7 +301,6 @@ async def _hold(url: str, count: int, batch: int, timeout: float) -> dict[str, o
         for outcome in await asyncio.gather(*pending, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 connect_errors += 1
-        await asyncio.sleep(0.005)  # let the server accept this batch
     sent_at = time.time()
     print(f"sent {count} {sent_at:.6f}", file=sys.stderr, flush=True)
     done, _ = await asyncio.wait(results, timeout=timeout)
@@ -331,10 +336,14 @@ def main(argv: list[str] | None = None) -> None:
                      help="worker processes (default: one per 16 connections, at most one "
                           "per usable CPU)")
     run.add_argument("--cpus", help="pin the generator to these CPUs, e.g. 1")
+    run.add_argument("--start-at", type=float,
+                     help="wall-clock time (time.time()) at which the warm-up begins")
     hold = commands.add_parser("hold", help="hold N requests open at once")
     hold.add_argument("--url", required=True)
     hold.add_argument("-n", "--count", type=int, default=2000)
-    hold.add_argument("--batch", type=int, default=50)
+    hold.add_argument("--batch", type=int, default=20)
+    hold.add_argument("--rate", type=float, default=1000.0,
+                      help="connections opened per second (0: as fast as possible)")
     hold.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
 
@@ -344,10 +353,11 @@ def main(argv: list[str] | None = None) -> None:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         procs = args.procs or min(usable, math.ceil(args.connections / 16))
         raise_nofile(args.connections + 256)
-        result = run_load(args.url, args.connections, args.duration, args.warmup, procs)
+        result = run_load(args.url, args.connections, args.duration, args.warmup, procs,
+                          args.start_at)
     else:
         raise_nofile(args.count + 256)
-        result = asyncio.run(_hold(args.url, args.count, args.batch, args.timeout))
+        result = asyncio.run(_hold(args.url, args.count, args.batch, args.rate, args.timeout))
     print(json.dumps(result), flush=True)
 
 

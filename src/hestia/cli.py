@@ -35,8 +35,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hestia: no configuration file given; serving the built-in demo on http://{host}\n"
               f"  try:  curl http://{host}/services/demo/\n"
               f"  then: curl http://{host}/v1/services", file=sys.stderr, flush=True)
-    trio.run(run, config)
-    return 0
+    status = 0
+    try:
+        trio.run(run, config)
+    except* OSError as group:
+        # Binding the listen address is the usual culprit: say so plainly, no traceback.
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert isinstance(first, OSError)
+        print(f"hestia: cannot serve on {config.listen}: {first.strerror or first}",
+              file=sys.stderr)
+        status = 1
+    return status
 
 
 def _check(args: argparse.Namespace) -> int:
