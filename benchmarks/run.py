@@ -192,6 +192,21 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def listen_overflows() -> int | None:
+    """TcpExt ListenOverflows: SYNs dropped because an accept queue was full (system-wide)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            if "ListenOverflows" in fields:
+                return int(fields["ListenOverflows"])
+    return None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -548,8 +563,10 @@ def bench_memory(args: argparse.Namespace, procs: Processes, python: str, workdi
     try:
         time.sleep(0.3)
         baseline = proc_status(gateway.pid)
+        overflows = listen_overflows()
         client = procs.spawn("hold", [sys.executable, str(LOADGEN), "hold", "--url",
                                       f"{gateway.url}/services/up/", "-n", str(count),
+                                      "--rate", str(args.hold_rate),
                                       "--timeout", str(args.slow_start + 60)],
                              cpus=client_cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines: list[str] = []
@@ -558,7 +575,7 @@ def bench_memory(args: argparse.Namespace, procs: Processes, python: str, workdi
         reader.start()
         held_rss = held_max_pending = 0
         peak_rss = 0
-        sent_at = None
+        sent_at = all_held_at = None
         deadline = time.monotonic() + args.slow_start + 90
         last_status = 0.0
         while client.poll() is None:
@@ -574,13 +591,16 @@ def bench_memory(args: argparse.Namespace, procs: Processes, python: str, workdi
                 if time.monotonic() - last_status > 0.25:
                     last_status = time.monotonic()
                     with contextlib.suppress(OSError, RuntimeError):
-                        held_max_pending = max(held_max_pending,
-                                               gateway.status("up")["queuePending"])
+                        pending = gateway.status("up")["queuePending"]
+                        if pending >= count and all_held_at is None:
+                            all_held_at = time.time()
+                        held_max_pending = max(held_max_pending, pending)
             time.sleep(0.05)
         out, _ = client.communicate(timeout=10)
         reader.join(timeout=5)
         result = json.loads(out.decode().strip().splitlines()[-1])
         final = proc_status(gateway.pid)
+        overflows_after = listen_overflows()
         listened = float(stamp.read_text()) if stamp.exists() else None
         results["memory"] = {
             "held": count, "ok": result["ok"], "statuses": result["statuses"],
@@ -591,6 +611,11 @@ def bench_memory(args: argparse.Namespace, procs: Processes, python: str, workdi
             "rss_after_kb": final["VmRSS"],
             "all_sent_before_ready": bool(sent_at and listened and sent_at < listened),
             "send_s": (sent_at - result["began"]) if sent_at else None,
+            "all_held_s": (all_held_at - result["began"]) if all_held_at else None,
+            "hold_rate": args.hold_rate,
+            "listen_overflows": (overflows_after - overflows
+                                 if overflows is not None and overflows_after is not None
+                                 else None),
             "drain_s": (result["last_response_at"] - listened)
             if listened and result["last_response_at"] else None,
         }
@@ -666,7 +691,8 @@ def print_report(results: dict[str, Any]) -> None:
               f" MB, while held {memory['rss_held_kb'] / 1024:.1f} MB, VmHWM (peak) "
               f"{memory['hwm_kb'] / 1024:.1f} MB; all sent in {fmt(memory['send_s'], 2)} s, "
               f"before the backend listened: {memory['all_sent_before_ready']}; all answered "
-              f"{fmt(memory['drain_s'], 2)} s after it listened")
+              f"{fmt(memory['drain_s'], 2)} s after it listened; listen-queue overflows "
+              f"(dropped SYNs) {memory['listen_overflows']}")
     summary = results.get("summary", {})
     if summary:
         print()
@@ -699,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=2000, help="requests held during a start")
     parser.add_argument("--slow-start", type=float, default=10.0,
                         help="the upstream's start delay for the memory test")
+    parser.add_argument("--hold-rate", type=float, default=1000.0,
+                        help="connections per second the memory test opens (0: at once)")
     parser.add_argument("--gateway-log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--skip", action="append", default=[],

@@ -15,8 +15,8 @@ Flags (applied in this order):
   --fail-start CODE    print "fatal: simulated start failure" to stderr and
                        exit(CODE) without listening
   --pid-file PATH      write own pid to PATH once listening
-Once listening, prints `listening <port> <pid>` to stdout (flushed).
-Per-request logging is disabled.
+Once listening, prints `listening <port> <pid>` to stdout (flushed); no
+per-request logging.
 
 Routes (matched on the path without query string, regardless of method;
 HEAD gets the same status/headers with no body):
@@ -30,16 +30,17 @@ HEAD gets the same status/headers with no body):
                           have no body and no Content-Length
   /cookies                200 "ok", two Set-Cookie headers (a=1; Path=/ and
                           b=2; Path=/) and X-Upstream: yes
-  /hop                    200 "ok" with Connection: X-Secret, keep-alive,
-                          X-Secret: should-be-dropped, Keep-Alive: timeout=5,
-                          X-Kept: yes
+  /hop                    200 "ok", Connection: X-Secret, keep-alive, X-Secret:
+                          should-be-dropped, Keep-Alive: timeout=5, X-Kept: yes
   /stream?n=5&gap_ms=0&type=ndjson|sse
                           chunked; n chunks `{"i": k}\\n` (application/x-ndjson)
                           or `data: {"i": k}\\n\\n` (text/event-stream), one per
                           chunk, gap_ms between chunks
   /gated?key=K&n=3        chunked; sends `{"i": 0}\\n` at once, then before
                           each further chunk waits (<= 30 s, then sends anyway)
-                          for /release?key=K
+                          for /release?key=K and clears it.  A release sent
+                          before the gate exists is remembered; the gate is
+                          removed when its response ends.
   /release?key=K          sets the event for K; 200 "released"
   /bytes?n=N[&chunked=1]  exactly N bytes, byte i == i % 256, streamed in 64 KiB
                           blocks; Content-Length unless chunked=1
@@ -48,6 +49,7 @@ HEAD gets the same status/headers with no body):
   /slow?ms=M              sleeps M ms before the headers, then 200 "slow"
   /slow-body?ms=M         chunked: "a" at once, sleeps M ms, then "b"
   /crash                  os._exit(17) without sending anything
+  /close                  closes the connection without answering (server lives)
   /crash-mid-body         headers with Content-Length: 1000000, 1000 bytes,
                           then os._exit(18)
   /die-later?ms=M         200 "bye", then os._exit(19) after M ms
@@ -102,9 +104,8 @@ class Handler(BaseHTTPRequestHandler):
             self._read_body()  # drain any body so keep-alive stays in sync
             if path.startswith("/status/"):
                 return self.route_status(path[len("/status/"):])
-            route = ROUTES.get(path)
-            if route is not None:
-                return route(self)
+            if path in ROUTES:
+                return getattr(self, "route_" + path[1:].replace("-", "_"))()
             self._send(404, {"error": "not found", "path": self.path})
         except BadRequest as exc:
             self.close_connection = True
@@ -112,18 +113,17 @@ class Handler(BaseHTTPRequestHandler):
         except DISCONNECT_ERRORS:
             self.close_connection = True
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
-    do_HEAD = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
 
     # ---- helpers ----------------------------------------------------------
+    def _arg(self, name, default=""):
+        return self.query.get(name, [default])[0]
+
     def _int(self, name, default):
-        vals = self.query.get(name)
-        if not vals:
-            return default
         try:
-            return int(vals[0])
+            return int(self._arg(name, default))
         except ValueError:
-            raise BadRequest(f"bad integer for {name!r}: {vals[0]!r}")
+            raise BadRequest(f"bad integer for {name!r}: {self._arg(name)!r}")
 
     def _read_body(self, sink=None):
         """Read the request body in blocks, passing each to sink; return length."""
@@ -179,6 +179,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
+
+    def _start_fixed(self, length):
+        """Send 200 octet-stream headers; return True if this is a HEAD request."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        return self.command == "HEAD"
 
     def _start_chunked(self, ctype):
         self.send_response(200)
@@ -241,7 +249,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_stream(self):
         n, gap = self._int("n", 5), self._int("gap_ms", 0)
-        sse = self.query.get("type", ["ndjson"])[0] == "sse"
+        sse = self._arg("type") == "sse"
         self._start_chunked("text/event-stream" if sse else "application/x-ndjson")
         for k in range(n):
             if k and gap > 0:
@@ -251,10 +259,9 @@ class Handler(BaseHTTPRequestHandler):
         self._end_chunked()
 
     def route_gated(self):
-        key, n = self.query.get("key", [""])[0], self._int("n", 3)
-        event = threading.Event()
-        with _gates_lock:
-            _gates[key] = event  # registered before chunk 0 is sent
+        key, n = self._arg("key"), self._int("n", 3)
+        with _gates_lock:  # registered before chunk 0; keeps an earlier release
+            event = _gates.setdefault(key, threading.Event())
         try:
             self._start_chunked("application/x-ndjson")
             for k in range(n):
@@ -269,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
                     del _gates[key]
 
     def route_release(self):
-        key = self.query.get("key", [""])[0]
+        key = self._arg("key")
         with _gates_lock:
             event = _gates.setdefault(key, threading.Event())
         event.set()
@@ -277,16 +284,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_bytes(self):
         remaining = self._int("n", 0)
-        chunked = self.query.get("chunked", ["0"])[0] not in ("0", "", "false")
+        chunked = self._arg("chunked", "0") not in ("0", "", "false")
         if chunked:
             self._start_chunked("application/octet-stream")
-        else:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(remaining))
-            self.end_headers()
-            if self.command == "HEAD":
-                return
+        elif self._start_fixed(remaining):
+            return
         while remaining > 0:
             block = PATTERN if remaining >= BLOCK else PATTERN[:remaining]
             remaining -= len(block)
@@ -312,11 +314,12 @@ class Handler(BaseHTTPRequestHandler):
     def route_crash(self):
         os._exit(17)
 
+    def route_close(self):
+        # Close this connection without answering; the server itself carries on.
+        self.close_connection = True
+
     def route_crash_mid_body(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", "1000000")
-        self.end_headers()
+        self._start_fixed(1000000)
         self.wfile.write(PATTERN[:1000])
         self.wfile.flush()
         os._exit(18)
@@ -324,7 +327,6 @@ class Handler(BaseHTTPRequestHandler):
     def route_die_later(self):
         ms = self._int("ms", 0)
         self._send(200, "bye")
-        self.wfile.flush()
 
         def die():
             time.sleep(ms / 1000)
@@ -332,15 +334,8 @@ class Handler(BaseHTTPRequestHandler):
         threading.Thread(target=die, daemon=True).start()
 
 
-ROUTES = {
-    "/health": Handler.route_health, "/cookies": Handler.route_cookies,
-    "/hop": Handler.route_hop, "/stream": Handler.route_stream,
-    "/gated": Handler.route_gated, "/release": Handler.route_release,
-    "/bytes": Handler.route_bytes, "/slow": Handler.route_slow,
-    "/slow-body": Handler.route_slow_body, "/crash": Handler.route_crash,
-    "/crash-mid-body": Handler.route_crash_mid_body,
-    "/die-later": Handler.route_die_later,
-}
+ROUTES = {"/health", "/cookies", "/hop", "/stream", "/gated", "/release", "/bytes",
+          "/slow", "/slow-body", "/crash", "/close", "/crash-mid-body", "/die-later"}
 
 
 class Server(ThreadingHTTPServer):
