@@ -74,6 +74,7 @@ class Processes:
         def preexec() -> None:
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            _die_with_parent()
 
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=preexec, env=env)
@@ -94,6 +95,16 @@ class Processes:
         for pid in list(self.extra_pids):
             _kill_group(pid)
         self.extra_pids.clear()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child if the benchmark itself is killed (even by SIGKILL)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _descendants(pid: int) -> set[int]:
@@ -687,7 +698,8 @@ def print_report(results: dict[str, Any]) -> None:
         print()
         print(f"memory: {memory['held']} requests held during a {results['environment']['slow_start_s']}"
               f" s start: {memory['ok']} answered 200 {memory['statuses']}; queue peak "
-              f"{memory['max_queue_pending']}; gateway VmRSS idle {memory['rss_idle_kb'] / 1024:.1f}"
+              f"{memory['max_queue_pending']} (all held {fmt(memory['all_held_s'], 1)} s after the "
+              f"first connect, at {memory['hold_rate']:.0f} connections/s); gateway VmRSS idle {memory['rss_idle_kb'] / 1024:.1f}"
               f" MB, while held {memory['rss_held_kb'] / 1024:.1f} MB, VmHWM (peak) "
               f"{memory['hwm_kb'] / 1024:.1f} MB; all sent in {fmt(memory['send_s'], 2)} s, "
               f"before the backend listened: {memory['all_sent_before_ready']}; all answered "
@@ -725,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=2000, help="requests held during a start")
     parser.add_argument("--slow-start", type=float, default=10.0,
                         help="the upstream's start delay for the memory test")
-    parser.add_argument("--hold-rate", type=float, default=1000.0,
+    parser.add_argument("--hold-rate", type=float, default=500.0,
                         help="connections per second the memory test opens (0: at once)")
     parser.add_argument("--gateway-log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
@@ -784,14 +796,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     failed = False
     try:
-        gateway = None
         if "throughput" not in args.skip or "cold" not in args.skip:
-            print("throughput and latency:", file=sys.stderr, flush=True)
             if "throughput" in args.skip:
-                args_no = argparse.Namespace(**{**vars(args)})
-                gateway = _gateway_only(args_no, procs, python, workdir, server_cpus,
-                                        client_cpus)
+                gateway = _gateway_only(args, procs, python, workdir, server_cpus, client_cpus)
             else:
+                print("throughput and latency:", file=sys.stderr, flush=True)
                 gateway = bench_throughput(args, procs, python, workdir, loadgen, server_cpus,
                                            client_cpus, results)
             if "cold" not in args.skip:

@@ -28,7 +28,8 @@ def _load(path: str | None) -> tuple[Config, str]:
 def _serve(args: argparse.Namespace) -> int:
     config, source = _load(args.config)
     if args.listen:
-        config = config.model_copy(update={"listen": args.listen})
+        config = parse_config({**config.model_dump(mode="json"), "listen": args.listen},
+                              env={}, source=f"{source} with --listen {args.listen}")
     configure_logging(config.log_level, fmt=args.log_format)
     if source == "built-in demo":
         host = config.listen

@@ -150,7 +150,9 @@ class ReadinessConfig(_Model):
 
     @model_validator(mode="after")
     def _at_most_one(self) -> ReadinessConfig:
-        given = [k for k in ("http", "tcp", "delay") if getattr(self, k) not in (None, False)]
+        given = [k for k in ("http", "delay") if getattr(self, k) is not None]
+        if self.tcp:
+            given.append("tcp")
         if len(given) > 1:
             raise ValueError(f"give at most one of http, tcp, delay (got {', '.join(given)})")
         if self.http is not None and not self.http.startswith("/"):
@@ -200,7 +202,8 @@ class ServiceConfig(_Model):
     idle_timeout: Duration = 300.0
     """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
     keep_warm: bool = False
-    """Start at boot, and again after a crash or a failed start (with backoff up to 1m)."""
+    """Start at boot, never stop for idleness (whatever `idle_timeout` says), and start again
+    after a crash or a failed start (with backoff from 1s up to 1m)."""
     queue: QueueConfig = QueueConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
 
@@ -241,7 +244,8 @@ class Config(_Model):
     data_dir: Path = Field(default=Path("~/.local/share/hestia"), validate_default=True)
     """Where process logs (and later the database) live; `~` is expanded."""
     grace_period: Duration = 10.0
-    """On shutdown, in-flight requests get this long to finish (default 10s)."""
+    """In-flight requests get this long to finish when the gateway shuts down, and when a
+    service is stopped through the API (default 10s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     services: dict[str, ServiceConfig] = {}
 
@@ -283,10 +287,11 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str,
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
+        value = env.get(name)
+        if value is not None and (value != "" or default is None):
+            return value
         if default is not None:
-            return default
+            return default  # as in the shell, `:-` also replaces an empty value
         errors.append((path, f"environment variable {name} is not set (use ${{{name}:-default}})"))
         return ""
 
@@ -318,10 +323,8 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 if not isinstance(child, dict):
                     child = node[key] = {}
                 node = child
-            try:
-                node[keys[-1]] = yaml.safe_load(value) if value != "" else ""
-            except yaml.YAMLError:
-                node[keys[-1]] = value
+            # The string as given: the models coerce it ("5", "true", "10m") by the field's type.
+            node[keys[-1]] = value
             break
 
 

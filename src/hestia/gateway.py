@@ -2,7 +2,7 @@
 
 ```
 run(config)                         root nursery
- ├─ signal watcher                  SIGINT/SIGTERM → graceful shutdown; a second one → at once
+ ├─ signal watcher                  SIGINT/SIGTERM/SIGHUP → graceful shutdown; a second → at once
  └─ backends nursery
       ├─ supervisor × service       each owns its backend (see lifecycle/supervisor.py)
       └─ HTTP server                hypercorn's trio worker serving the Quart-Trio app
@@ -95,15 +95,18 @@ async def run(config: Config, *, handle_signals: bool = True,
         log.warning("listening_beyond_loopback", listen=config.listen,
                     detail="anyone who can reach this address can use every service")
     async with trio.open_nursery() as root:
-        if handle_signals:
-            root.start_soon(_watch_signals, shutdown, root.cancel_scope)
-        async with trio.open_nursery() as backends:
-            for supervisor in supervisors.values():
-                await backends.start(supervisor.run)
-            urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
-                                                shutdown, list(supervisors.values())))
-            log.info("gateway_listening", urls=urls, services=sorted(supervisors))
-            task_status.started(Gateway(urls, supervisors, shutdown))
+        # The signal watcher outlives the forced stop, so that a third signal cannot kill
+        # Hestia while its backends are being stopped.
+        with trio.CancelScope() as stop_now:
+            if handle_signals:
+                root.start_soon(_watch_signals, shutdown, stop_now)
+            async with trio.open_nursery() as backends:
+                for supervisor in supervisors.values():
+                    await backends.start(supervisor.run)
+                urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
+                                                    shutdown, list(supervisors.values())))
+                log.info("gateway_listening", urls=urls, services=sorted(supervisors))
+                task_status.started(Gateway(urls, supervisors, shutdown))
         root.cancel_scope.cancel()
     log.info("gateway_stopped")
 
@@ -119,12 +122,17 @@ async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
             supervisor.close()
 
 
-async def _watch_signals(shutdown: trio.Event, root: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _watch_signals(shutdown: trio.Event, stop_now: trio.CancelScope) -> None:
+    """First signal: graceful shutdown. Second: stop at once (backends are still stopped, each
+    within its stop_timeout). Later ones are only logged."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
             if not shutdown.is_set():
-                log.info("gateway_stopping", signal=signal.Signals(signum).name)
+                log.info("gateway_stopping", signal=name)
                 shutdown.set()
+            elif not stop_now.cancel_called:
+                log.warning("gateway_stopping_now", signal=name)
+                stop_now.cancel()
             else:
-                log.warning("gateway_stopping_now", signal=signal.Signals(signum).name)
-                root.cancel()
+                log.warning("gateway_already_stopping", signal=name)

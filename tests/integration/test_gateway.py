@@ -123,6 +123,35 @@ async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
     assert '"event": "process_kill"' in stderr  # it ignored SIGTERM, so the group got SIGKILL
 
 
+async def test_repeated_signals_still_stop_every_backend(tmp_path):
+    port = free_port()
+    service = upstream_service("--ignore-sigterm")
+    service["launcher"]["process"]["stop_timeout"] = "1s"
+    config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
+              "services": {"up": service}}
+    path = tmp_path / "hestia.yml"
+    path.write_text(yaml.safe_dump(config))
+    gateway = _hestia("serve", "-c", str(path), "--log-format", "json")
+    try:
+        with trio.fail_after(60):
+            await _wait_http(f"http://127.0.0.1:{port}/__health")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                pid = (await http.get("/services/up/echo")).json()["pid"]
+            for _ in range(3):
+                gateway.send_signal(signal.SIGTERM)
+                await trio.sleep(0.1)
+            while gateway.poll() is None:
+                await trio.sleep(0.05)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        _, stderr = gateway.communicate()
+    assert gateway.returncode == 0, stderr
+    assert not _alive(pid)
+    assert '"event": "gateway_stopping_now"' in stderr
+    assert '"event": "gateway_already_stopping"' in stderr
+
+
 async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
     port, demo_port = free_port(), free_port()
     env = {**os.environ, "DEMO_UPSTREAM": f"http://127.0.0.1:{demo_port}",

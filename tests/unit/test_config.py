@@ -51,6 +51,30 @@ def test_variables_are_interpolated_with_defaults():
     assert config.services["ollama"].launcher.process.env == {"TOKEN": "t0k"}
 
 
+def test_an_empty_variable_takes_the_default_as_in_the_shell():
+    raw = {"services": {"ollama": {**MINIMAL["services"]["ollama"],
+                                   "upstream": "http://${HOST:-127.0.0.1}:${PORT}"}}}
+    config = parse_config(raw, env={"HOST": "", "PORT": "1234"})
+    assert config.services["ollama"].upstream == "http://127.0.0.1:1234"
+
+
+def test_override_values_are_strings_coerced_by_the_field_type():
+    env = {"OLLAMA_QUEUE_MAX": "7", "OLLAMA_KEEP_WARM": "yes", "OLLAMA_IDLE_TIMEOUT": "90"}
+    ollama = parse_config(MINIMAL, env=env).services["ollama"]
+    assert (ollama.queue.max, ollama.keep_warm, ollama.idle_timeout) == (7, True, 90.0)
+    with pytest.raises(ConfigError) as caught:  # not YAML 1.1's sexagesimal 90
+        parse_config(MINIMAL, env={"OLLAMA_IDLE_TIMEOUT": "1:30"})
+    assert caught.value.errors[0][0] == "services.ollama.idle_timeout"
+
+
+def test_two_readiness_probes_conflict_even_with_a_zero_delay():
+    raw = {"services": {"ollama": {**MINIMAL["services"]["ollama"],
+                                   "readiness": {"http": "/", "delay": 0}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, env={})
+    assert "at most one of http, tcp, delay (got http, delay)" in str(caught.value)
+
+
 def test_an_unset_variable_without_default_is_an_error_with_its_path():
     raw = {"services": {"ollama": {**MINIMAL["services"]["ollama"],
                                    "upstream": "http://${NOPE}:1"}}}

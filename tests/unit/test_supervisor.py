@@ -245,6 +245,15 @@ async def test_keep_warm_starts_at_boot_and_after_a_crash(nursery, autojump_cloc
     assert launcher.starts == [0.0, 3.0]
 
 
+async def test_keep_warm_never_stops_for_idleness(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, keep_warm=True, idle_timeout=30)
+    await nursery.start(sup.run)
+    await trio.sleep(3600)
+    assert sup.state is State.READY
+    assert launcher.stop_calls == []
+
+
 async def test_keep_warm_retries_a_failed_start_with_backoff(nursery, autojump_clock):
     launcher = FakeLauncher(spawn_error="boom")
     sup = supervisor(launcher, keep_warm=True)

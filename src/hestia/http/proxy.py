@@ -337,11 +337,11 @@ class ProxyHandler:
     @staticmethod
     def _response_headers(headers: list[tuple[bytes, bytes]],
                           exchange: _Exchange) -> list[tuple[bytes, bytes]]:
-        dropped = HOP_BY_HOP
+        # The client sees the request id Hestia logged, whatever the upstream says.
+        dropped = HOP_BY_HOP | {b"x-request-id"}
         for name, value in headers:
             if name == b"connection":
                 dropped = dropped | {t.strip().lower() for t in value.split(b",")}
         out = [(name, value) for name, value in headers if name not in dropped]
-        if not any(name == b"x-request-id" for name, _ in out):
-            out.append((b"x-request-id", exchange.request_id.encode()))
+        out.append((b"x-request-id", exchange.request_id.encode()))
         return out

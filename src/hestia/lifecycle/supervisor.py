@@ -414,7 +414,7 @@ class Supervisor:
                 await self._stop(self._stop_requested)
                 return
             deadline = math.inf
-            idle_timeout = self.config.idle_timeout
+            idle_timeout = 0.0 if self.config.keep_warm else self.config.idle_timeout
             if idle_timeout > 0 and not self._leases:
                 deadline = self._idle_since + idle_timeout
                 if trio.current_time() >= deadline:
@@ -464,7 +464,8 @@ class Supervisor:
                  stop_duration_ms=round((trio.current_time() - began) * 1000, 1))
 
     async def _shut_down(self) -> None:
-        self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name))
+        self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name,
+                                          retry_after=self.retry_after()))
         if self._running is not None:
             self._revoke_leases(BackendCrashed("the gateway is shutting down",
                                                service=self.name))
