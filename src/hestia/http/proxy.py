@@ -15,6 +15,7 @@ cancels the exchange at once; an upstream that dies mid-response truncates the c
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -145,17 +146,15 @@ class ProxyHandler:
                 error.service = name
             if not exchange.response_started:
                 await self._send_error(send, error, exchange)
-            log_error = error
+            outcome = error.code
         except _ClientGone:
-            log_error = None
-            exchange.status = exchange.status or 499
+            outcome = "client_disconnected"
         else:
-            log_error = None
+            outcome = None
         log.info("request", request_id=exchange.request_id, service=name,
                  method=scope["method"], path=raw_path.decode("latin-1"),
                  status=exchange.status, bytes=exchange.body_bytes,
-                 duration_ms=round((trio.current_time() - began) * 1000, 2),
-                 error=log_error.code if log_error else None)
+                 duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome)
 
     async def _send_error(self, send: Send, error: GatewayError, exchange: _Exchange) -> None:
         status, headers, body = error_response(error, exchange.request_id)
@@ -175,7 +174,7 @@ class ProxyHandler:
         finally:
             supervisor.release(lease)
         if lease.error is not None:
-            raise lease.error
+            raise copy.copy(lease.error)  # one error revokes many leases: one copy each
 
     async def _wait_for_lease(self, supervisor: Supervisor, body: _ClientBody) -> Lease:
         lease: Lease | None = None
