@@ -128,7 +128,11 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.delay_start > 0:
-        await asyncio.sleep(args.delay_start)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=args.delay_start)
+            return  # stopped while still "starting"
+        except TimeoutError:
+            pass
     server = await loop.create_server(HttpProtocol, args.host, args.port, backlog=4096,
                                       reuse_address=True)
     stamp = time.time()

@@ -3,21 +3,21 @@
 Two commands, each printing one JSON object on stdout:
 
     python benchmarks/loadgen.py run --url URL -c 32 -d 5 --warmup 1 [--procs N] [--cpus 1]
-    python benchmarks/loadgen.py hold --url URL -n 2000 [--rate 1000] [--timeout 60]
+    python benchmarks/loadgen.py hold --url URL -n 2000 [--rate 500] [--timeout 60]
 
 `run`: closed-loop load on keep-alive connections. Each connection is an asyncio raw Protocol
 that writes a fixed request, parses the response head for its Content-Length, reads the body,
 records the latency (perf_counter_ns) and sends the next request at once; like wrk, it
-reconnects when the server closes a connection (hypercorn does after 1000 requests). Connections are spread
-over `--procs` worker processes (default: one per 16 connections, at most one per usable CPU).
-All workers share one time line: `--warmup` seconds of load that are not recorded, then `-d`
-seconds whose completed requests are counted. Output: requests, rps, p50/p90/p99/max latency
-(ms), non-2xx and socket errors.
+reconnects when the server closes a connection (hypercorn does after 1000 requests).
+Connections are spread over `--procs` worker processes (default: one per 16 connections, at most
+one per usable CPU). All workers share one time line: `--warmup` seconds of load that are not
+recorded, then `-d` seconds whose completed requests are counted. Output: requests, rps,
+p50/p90/p99/max latency (ms), non-2xx responses, socket errors, reconnects.
 
 `hold`: opens N connections from one asyncio process (raising RLIMIT_NOFILE first; paced at
 `--rate` connections per second), sends one request on each, prints `sent <n> <time.time()>` on
-stderr once all are sent, then waits for every response. Output: the count per status, errors, and when the first and last
-responses arrived.
+stderr once all are sent, then waits for every response. Output: the count per status, connect
+errors, and when the first and last responses arrived.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     hold.add_argument("--url", required=True)
     hold.add_argument("-n", "--count", type=int, default=2000)
     hold.add_argument("--batch", type=int, default=20)
-    hold.add_argument("--rate", type=float, default=1000.0,
+    hold.add_argument("--rate", type=float, default=500.0,
                       help="connections opened per second (0: as fast as possible)")
     hold.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)

@@ -229,19 +229,28 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def version_of(module: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def versions(python: str, modules: list[str]) -> dict[str, str]:
+    """Installed versions as `python` (the one running hestia) sees them."""
+    code = ("import json, sys, importlib.metadata as m\n"
+            "out = {}\n"
+            "for name in sys.argv[1:]:\n"
+            "    try: out[name] = m.version(name)\n"
+            "    except m.PackageNotFoundError: out[name] = '?'\n"
+            "print(json.dumps(out))")
     try:
-        return version(module)
-    except PackageNotFoundError:
-        return "?"
+        done = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True,
+                              timeout=30, check=True)
+        return json.loads(done.stdout)
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return {name: "?" for name in modules}
 
 
 def hestia_python() -> str:
     """A Python that can import hestia and hypercorn: this one, else the project's venv."""
     try:
-        import hestia  # noqa: F401
         import hypercorn  # noqa: F401
+
+        import hestia  # noqa: F401
         return sys.executable
     except ImportError:
         venv = ROOT / ".venv" / "bin" / "python"
@@ -433,7 +442,8 @@ class Gateway:
 
 
 def upstream_service(port: int, python: str, *, cpus: set[int] | None, delay: float = 0.0,
-                     stamp: Path | None = None, queue_max: int = 5000) -> dict[str, Any]:
+                     stamp: Path | None = None, queue_max: int = 5000,
+                     readiness_interval: str | None = None) -> dict[str, Any]:
     command = [python, str(UPSTREAM)]
     if cpus:
         command += ["--cpus", ",".join(map(str, sorted(cpus)))]
@@ -441,10 +451,13 @@ def upstream_service(port: int, python: str, *, cpus: set[int] | None, delay: fl
         command += ["--delay-start", str(delay)]
     if stamp:
         command += ["--listen-stamp", str(stamp)]
+    readiness = {"http": "/health", "timeout": "60s"}
+    if readiness_interval:
+        readiness["interval"] = readiness_interval
     return {
         "upstream": f"http://127.0.0.1:{port}",
         "launcher": {"process": {"command": command, "stop_timeout": "5s"}},
-        "readiness": {"http": "/health", "timeout": "60s"},
+        "readiness": readiness,
         "idle_timeout": 0,
         "queue": {"max": queue_max, "timeout": "120s"},
     }
@@ -480,7 +493,7 @@ def bench_throughput(args: argparse.Namespace, procs: Processes, python: str, wo
     gateway = Gateway(procs, python, workdir, "gateway", {
         "up": upstream_service(up_port, sys.executable, cpus=client_cpus),
         "slow": upstream_service(slow_port, sys.executable, cpus=client_cpus, delay=0.3,
-                                 stamp=stamp),
+                                 stamp=stamp, readiness_interval=args.readiness_interval),
     }, server_cpus, args.gateway_log_level)
     code, _ = http("GET", f"{gateway.url}/services/up/", timeout=30)  # cold start, then warm
     if code != 200:
@@ -667,8 +680,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def print_report(results: dict[str, Any]) -> None:
     env = results["environment"]
     print()
-    print(f"Hestia benchmark  ({env['cpus']} CPUs, {env['cpu_model']}, Python {env['python']}, "
-          f"hypercorn {env['hypercorn']}, trio {env['trio']}, h11 {env['h11']})")
+    print(f"Hestia {env['hestia']} benchmark  ({env['cpus']} CPUs, {env['cpu_model']}, Python "
+          f"{env['python']}, hypercorn {env['hypercorn']}, trio {env['trio']}, h11 {env['h11']})")
     print(f"load generator: {env['loadgen']}; {env['duration_s']} s measured after "
           f"{env['warmup_s']} s warm-up; {env['pinning']}; gateway log_level "
           f"{env['gateway_log_level']}")
@@ -685,26 +698,36 @@ def print_report(results: dict[str, Any]) -> None:
             errors = (r.get("errors") or 0) + (r.get("non2xx") or 0)
             print(f"({r['key']}) {r['label']:28} {r['concurrency']:>4} {fmt(r.get('rps'), 0):>9} "
                   f"{fmt(r.get('p50_ms'), 3):>8} {fmt(r.get('p99_ms'), 3):>8} {errors:>6}  {cpu}")
+        rps = {(r["key"], r["concurrency"]): r.get("rps") for r in rows}
+        with contextlib.suppress(KeyError, TypeError, ZeroDivisionError):
+            print(f"load generator headroom: (a) at c=32 is {rps[('a', 32)] / rps[('b', 32)]:.0f}x "
+                  f"(b) and {rps[('a', 32)] / rps[('c', 32)]:.0f}x (c), with the upstream sharing "
+                  "the generator's CPU")
     cold = results.get("cold_start")
     if cold:
         print()
         runs = ", ".join(f"{s['added_ms']:.1f}" for s in cold["runs"])
-        print(f"cold start (upstream --delay-start 0.3, readiness http /health): added latency "
+        interval = results["environment"].get("readiness_interval") or "default"
+        print(f"cold start (upstream --delay-start 0.3, readiness http /health, interval "
+              f"{interval}): added latency "
               f"listen -> response, median {cold['median_added_ms']:.1f} ms "
               f"(min {cold['min_added_ms']:.1f}, max {cold['max_added_ms']:.1f}; runs: {runs}); "
               f"whole cold request median {cold['median_request_ms']:.0f} ms")
     memory = results.get("memory")
     if memory:
         print()
-        print(f"memory: {memory['held']} requests held during a {results['environment']['slow_start_s']}"
-              f" s start: {memory['ok']} answered 200 {memory['statuses']}; queue peak "
-              f"{memory['max_queue_pending']} (all held {fmt(memory['all_held_s'], 1)} s after the "
-              f"first connect, at {memory['hold_rate']:.0f} connections/s); gateway VmRSS idle {memory['rss_idle_kb'] / 1024:.1f}"
-              f" MB, while held {memory['rss_held_kb'] / 1024:.1f} MB, VmHWM (peak) "
-              f"{memory['hwm_kb'] / 1024:.1f} MB; all sent in {fmt(memory['send_s'], 2)} s, "
-              f"before the backend listened: {memory['all_sent_before_ready']}; all answered "
-              f"{fmt(memory['drain_s'], 2)} s after it listened; listen-queue overflows "
-              f"(dropped SYNs) {memory['listen_overflows']}")
+        env_slow = results["environment"]["slow_start_s"]
+        print(f"memory: {memory['held']} requests held during a {env_slow} s start, opened at "
+              f"{memory['hold_rate']:.0f} connections/s")
+        print(f"  answered: {memory['ok']} x 200 {memory['statuses']}; queue peak "
+              f"{memory['max_queue_pending']}, all held {fmt(memory['all_held_s'], 1)} s after "
+              f"the first connect; all sent before the backend listened: "
+              f"{memory['all_sent_before_ready']}; all answered {fmt(memory['drain_s'], 2)} s "
+              "after it listened")
+        print(f"  gateway VmRSS idle {memory['rss_idle_kb'] / 1024:.1f} MB, while held "
+              f"{memory['rss_held_kb'] / 1024:.1f} MB, peak VmHWM {memory['hwm_kb'] / 1024:.1f} MB"
+              f"; listen-queue overflows (dropped SYNs) during the test: "
+              f"{memory['listen_overflows']}")
     summary = results.get("summary", {})
     if summary:
         print()
@@ -739,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the upstream's start delay for the memory test")
     parser.add_argument("--hold-rate", type=float, default=500.0,
                         help="connections per second the memory test opens (0: at once)")
+    parser.add_argument("--readiness-interval", metavar="DURATION",
+                        help="readiness.interval of the cold-start service (default: Hestia's)")
     parser.add_argument("--gateway-log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--skip", action="append", default=[],
@@ -749,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.cold_runs = args.cold_runs or (3 if args.quick else 7)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -784,10 +810,11 @@ def main(argv: list[str] | None = None) -> int:
                           if line.startswith("model name")), "?")
     results: dict[str, Any] = {"environment": {
         "cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
-        "hypercorn": version_of("hypercorn"), "trio": version_of("trio"),
-        "h11": version_of("h11"), "loadgen": loadgen.describe(), "pinning": pinning,
+        **versions(python, ["hestia", "hypercorn", "trio", "h11"]),
+        "loadgen": loadgen.describe(), "pinning": pinning,
         "duration_s": args.duration, "warmup_s": args.warmup, "cold_runs": args.cold_runs,
         "slow_start_s": args.slow_start, "gateway_log_level": args.gateway_log_level,
+        "readiness_interval": args.readiness_interval,
         "loadavg_before": open("/proc/loadavg").read().split()[:3]
         if os.path.exists("/proc/loadavg") else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -839,7 +866,7 @@ def _gateway_only(args: argparse.Namespace, procs: Processes, python: str, workd
     stamp = workdir / "cold.stamp"
     return Gateway(procs, python, workdir, "gateway", {
         "slow": upstream_service(free_port(), sys.executable, cpus=client_cpus, delay=0.3,
-                                 stamp=stamp),
+                                 stamp=stamp, readiness_interval=args.readiness_interval),
     }, server_cpus, args.gateway_log_level)
 
 
