@@ -23,7 +23,8 @@ HEAD gets the same status/headers with no body):
   /echo*                  200 JSON {"method", "path" (raw request target incl.
                           query), "headers" [[name, value], ...] in received
                           order, "body_length", "body_sha256", "body" (utf-8,
-                          errors=replace; null if > 4096 bytes), "pid"}.
+                          errors=replace; null if > 4096 bytes), "pid", "peer_port"
+                          (the client port of this connection)}.
                           Request bodies: Content-Length or chunked.
   /health                 200 {"ok": true}
   /status/<code>          <code> (200..599) with {"status": code}; 204/304
@@ -220,7 +221,7 @@ class Handler(BaseHTTPRequestHandler):
             "body_length": n,
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "body": body.decode("utf-8", errors="replace") if n <= 4096 else None,
-            "pid": os.getpid(),
+            "pid": os.getpid(), "peer_port": self.client_address[1],
         })
 
     def route_upload(self):

@@ -145,8 +145,9 @@ class ReadinessConfig(_Model):
     """Ready after this fixed delay (for programs that cannot be probed)."""
     timeout: Duration = Field(default=60.0, gt=0)
     """The start fails when the backend is not ready after this long (default 60s)."""
-    interval: Duration = Field(default=0.025, gt=0)
-    """The longest gap between two probes (default 25ms)."""
+    interval: Duration = Field(default=0.01, gt=0)
+    """The longest gap between two probes (default 10ms): the most a start's readiness can go
+    unnoticed. Raise it for upstreams that should not be polled this often."""
 
     @model_validator(mode="after")
     def _at_most_one(self) -> ReadinessConfig:

@@ -70,6 +70,9 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None  # Hestia logs each request itself, with its request id
     hc.graceful_timeout = config.grace_period
     hc.keep_alive_timeout = 30
+    # Bursts of new connections (many clients waiting for one cold start) must not overflow
+    # the accept queue: a dropped SYN costs the client a 1 s retransmit.
+    hc.backlog = 2048
     hc.include_server_header = False  # the upstream's own Server and Date headers pass through
     hc.include_date_header = False
     return hc

@@ -9,6 +9,7 @@ import os
 import httpx
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from .conftest import assert_error_body, client, upstream_service, wait_for_state
 
@@ -303,3 +304,16 @@ async def test_a_client_that_disconnects_while_waiting_leaves_the_queue(start_ga
         while supervisor.queue_pending:
             await trio.sleep(0.005)
         assert supervisor.in_flight == 0
+
+
+async def test_upstream_connections_are_kept_alive_and_successes_logged_as_such(start_gateway):
+    with trio.fail_after(30), capture_logs() as logs:
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            ports = [(await http.get("/services/up/echo")).json()["peer_port"]
+                     for _ in range(5)]
+        # The handler logs its line just after the client has the whole response.
+        while len(requests := [e for e in logs if e["event"] == "request"]) < 5:
+            await trio.sleep(0.005)
+    assert len(set(ports)) == 1
+    assert [(r["status"], r["error"]) for r in requests] == [(200, None)] * 5

@@ -16,6 +16,7 @@ cancels the exchange at once; an upstream that dies mid-response truncates the c
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -102,13 +103,14 @@ class _ClientBody:
 class _Exchange:
     """What one proxied request has done so far (for the error path and the log line)."""
 
-    __slots__ = ("request_id", "service", "status", "response_started", "body_bytes")
+    __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
         self.service = service
         self.status = 0
         self.response_started = False
+        self.finished = False  # the upstream's response was read to its end
         self.body_bytes = 0
 
 
@@ -200,34 +202,37 @@ class ProxyHandler:
         request = h11.Request(method=scope["method"], target=target,
                               headers=self._request_headers(scope, supervisor, exchange))
         failure: GatewayError | _ClientGone | None = None
-        with trio.CancelScope() as total:
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope  # the total deadline, and the client going away
             if timeouts.total > 0:
-                total.deadline = trio.current_time() + timeouts.total
-            async with trio.open_nursery() as nursery:
-                try:
-                    conn = await self._send_request(supervisor, request, body)
-                    if body.done:
-                        nursery.start_soon(self._watch_disconnect, body, total)
-                    await self._relay_response(supervisor, conn, send, exchange, timeouts)
-                except (GatewayError, _ClientGone) as exc:
-                    failure = exc  # raised below, outside the nursery's exception group
-                finally:
-                    nursery.cancel_scope.cancel()
+                scope.deadline = trio.current_time() + timeouts.total
+            try:
+                conn = await self._send_request(supervisor, request, body)
+                if body.done:
+                    nursery.start_soon(self._watch_disconnect, body, exchange, scope)
+                await self._relay_response(supervisor, conn, send, exchange, timeouts)
+            except (GatewayError, _ClientGone) as exc:
+                failure = exc  # raised below, outside the nursery's exception group
+            finally:
+                scope.cancel()
         if failure is not None:
             raise failure
-        if total.cancelled_caught:
+        if not exchange.finished:
             if body.disconnected:
                 raise _ClientGone
             raise UpstreamTimeout(
                 f"the upstream exchange took longer than {timeouts.total}s", phase="total")
 
     @staticmethod
-    async def _watch_disconnect(body: _ClientBody, scope: trio.CancelScope) -> None:
+    async def _watch_disconnect(body: _ClientBody, exchange: _Exchange,
+                                scope: trio.CancelScope) -> None:
         while True:
             message = await body.receive()
             if message["type"] == "http.disconnect":
-                body.disconnected = True
-                scope.cancel()
+                # Hypercorn also reports a disconnect once the response is complete.
+                if not exchange.finished:
+                    body.disconnected = True
+                    scope.cancel()
                 return
 
     async def _send_request(self, supervisor: Supervisor, request: h11.Request,
@@ -265,10 +270,9 @@ class ProxyHandler:
 
     async def _relay_response(self, supervisor: Supervisor, conn: Connection, send: Send,
                               exchange: _Exchange, timeouts: Any) -> None:
-        complete = False
         try:
             first_byte = timeouts.first_byte
-            with trio.move_on_after(first_byte if first_byte > 0 else float("inf")) as waited:
+            with trio.move_on_after(first_byte if first_byte > 0 else math.inf) as waited:
                 response = await self._response_head(conn)
             if waited.cancelled_caught:
                 raise UpstreamTimeout(f"no response from the upstream within {first_byte}s",
@@ -277,16 +281,33 @@ class ProxyHandler:
             exchange.response_started = True
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": self._response_headers(response.headers, exchange)})
-            async for chunk in conn.body():
-                exchange.body_bytes += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            complete = True
-        finally:
-            if complete:
-                await supervisor.pool.release(conn)
-            else:
-                await conn.aclose()
+            # A chunk is held back only while the next event is already parsed: the last chunk
+            # then goes out with the end of the message, and nothing waits on the upstream.
+            held = b""
+            while True:
+                event = conn.next_event_nowait()
+                if event is h11.NEED_DATA:
+                    if held:
+                        await send({"type": "http.response.body", "body": held,
+                                    "more_body": True})
+                        held = b""
+                    await conn.receive()
+                elif type(event) is h11.Data:
+                    if held:
+                        await send({"type": "http.response.body", "body": held,
+                                    "more_body": True})
+                    held = event.data
+                    exchange.body_bytes += len(held)
+                elif type(event) is h11.EndOfMessage:
+                    break
+                else:
+                    raise UpstreamReset("the upstream closed the connection mid-body")
+            exchange.finished = True
+            await supervisor.pool.release(conn)
+        except BaseException:
+            await conn.aclose()
+            raise
+        await send({"type": "http.response.body", "body": held, "more_body": False})
 
     @staticmethod
     async def _response_head(conn: Connection) -> h11.Response:

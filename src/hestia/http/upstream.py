@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import select
 import ssl
-from collections.abc import AsyncIterator
 
 import h11
 import trio
@@ -38,31 +37,26 @@ class Connection:
         if data:
             await self.stream.send_all(data)
 
+    def next_event_nowait(self) -> h11.Event | type[h11.NEED_DATA]:
+        """The next already-received event, or `h11.NEED_DATA`. Raises `UpstreamReset`."""
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamReset(f"invalid response from upstream: {exc}") from None
+
+    async def receive(self) -> None:
+        """Read what the upstream sent next into the parser (an EOF included)."""
+        try:
+            data = await self.stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise UpstreamReset(f"connection to upstream broken: {exc}") from None
+        self.h11.receive_data(data)
+
     async def next_event(self) -> h11.Event:
         """The next h11 event from the upstream; raises `UpstreamReset` on a broken connection."""
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamReset(f"invalid response from upstream: {exc}") from None
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, OSError) as exc:
-                raise UpstreamReset(f"connection to upstream broken: {exc}") from None
-            self.h11.receive_data(data)
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The response body as it arrives; ends at the end of the message."""
-        while True:
-            event = await self.next_event()
-            if type(event) is h11.Data:
-                yield event.data
-            elif type(event) is h11.EndOfMessage:
-                return
-            elif type(event) is h11.ConnectionClosed:
-                raise UpstreamReset("upstream closed the connection mid-body")
+        while (event := self.next_event_nowait()) is h11.NEED_DATA:
+            await self.receive()
+        return event  # type: ignore[return-value]
 
     @property
     def reusable(self) -> bool:
