@@ -21,14 +21,20 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-import h11
 import structlog
 import trio
 
 from ..errors import GatewayError, UnknownService, UpstreamReset, UpstreamTimeout, error_response
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
-from .upstream import Connection
+from .upstream import (
+    LAST_CHUNK,
+    BodyReader,
+    Connection,
+    ResponseHead,
+    encode_chunk,
+    request_head,
+)
 
 __all__ = ["PREFIX", "ProxyHandler"]
 
@@ -39,6 +45,8 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect",
 })
+# The fast path: a response complete within this long is answered without a second task.
+QUICK = 0.05
 # While a request waits for its backend, this much of its body is read ahead so that a client
 # going away is noticed; past it, reading stops until the upstream takes the body (backpressure).
 WAIT_READ_AHEAD = 64 * 1024
@@ -103,7 +111,8 @@ class _ClientBody:
 class _Exchange:
     """What one proxied request has done so far (for the error path and the log line)."""
 
-    __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes")
+    __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes",
+                 "total_deadline", "first_byte_deadline")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
@@ -112,6 +121,8 @@ class _Exchange:
         self.response_started = False
         self.finished = False  # the upstream's response was read to its end
         self.body_bytes = 0
+        self.total_deadline = math.inf
+        self.first_byte_deadline = math.inf
 
 
 class ProxyHandler:
@@ -171,12 +182,9 @@ class ProxyHandler:
         if lease is None:
             lease = await self._wait_for_lease(supervisor, body)
         try:
-            with lease.scope:
-                await self._exchange(supervisor, scope, body, send, target, exchange)
+            await self._exchange(supervisor, lease, scope, body, send, target, exchange)
         finally:
             supervisor.release(lease)
-        if lease.error is not None:
-            raise copy.copy(lease.error)  # one error revokes many leases: one copy each
 
     async def _wait_for_lease(self, supervisor: Supervisor, body: _ClientBody) -> Lease:
         lease: Lease | None = None
@@ -196,30 +204,121 @@ class ProxyHandler:
             raise _ClientGone
         return lease
 
-    async def _exchange(self, supervisor: Supervisor, scope: Scope, body: _ClientBody,
-                        send: Send, target: bytes, exchange: _Exchange) -> None:
+    async def _exchange(self, supervisor: Supervisor, lease: Lease, scope: Scope,
+                        body: _ClientBody, send: Send, target: bytes,
+                        exchange: _Exchange) -> None:
+        """Send the request; then, when the whole response is there within `QUICK`, answer it
+        at once (the fast path); else stream it while watching the client (`_stream`).
+
+        The fast path exists because it runs in one cancel scope and no extra task: a task and
+        its nursery per request cost more than the rest of Hestia's own work together
+        (docs/performance.md). A client that goes away is seen within `QUICK` at the latest.
+        """
         timeouts = supervisor.config.timeouts
-        request = h11.Request(method=scope["method"], target=target,
-                              headers=self._request_headers(scope, supervisor, exchange))
+        headers, chunked = self._request_headers(scope, supervisor, exchange)
+        method = scope["method"].encode()
+        request = request_head(method, target, headers)
+        if timeouts.total > 0:
+            exchange.total_deadline = trio.current_time() + timeouts.total
+        conn: Connection | None = None
+        head: ResponseHead | None = None
+        reader: BodyReader | None = None
+        data = b""
+        try:
+            # One cancel scope serves the deadlines and the lease's revocation; the cause of a
+            # cancellation is told apart afterwards, in `_cut_short`.
+            with trio.CancelScope(deadline=exchange.total_deadline) as cancel:
+                lease.bind(cancel)
+                conn = await self._send_request(supervisor, request, body, chunked)
+                now = trio.current_time()
+                if timeouts.first_byte > 0:
+                    exchange.first_byte_deadline = now + timeouts.first_byte
+                cancel.deadline = min(exchange.total_deadline, exchange.first_byte_deadline,
+                                      now + QUICK)
+                head = await conn.read_head(method)
+                reader = BodyReader(conn, head)
+                data = reader.take()
+            if cancel.cancelled_caught:
+                self._cut_short(lease, body, exchange, timeouts, quick_ok=conn is not None)
+            assert conn is not None
+            if reader is None or not reader.done:
+                await self._stream(supervisor, lease, conn, method, reader, data, body, send,
+                                   exchange)
+                return
+            assert head is not None
+            exchange.status = head.status
+            exchange.body_bytes = len(data)
+            exchange.finished = exchange.response_started = True
+            await supervisor.pool.release(conn)
+        except BaseException:
+            if conn is not None and not exchange.finished:
+                await conn.aclose()
+            raise
+        await send({"type": "http.response.start", "status": head.status,
+                    "headers": self._response_headers(head.headers, exchange)})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def _stream(self, supervisor: Supervisor, lease: Lease, conn: Connection,
+                      method: bytes, reader: BodyReader | None, data: bytes, body: _ClientBody,
+                      send: Send, exchange: _Exchange) -> None:
+        """The slow path: wait for the head if it is not there yet, then relay the body as it
+        arrives, while a second task watches for the client going away."""
         failure: GatewayError | _ClientGone | None = None
         async with trio.open_nursery() as nursery:
-            scope = nursery.cancel_scope  # the total deadline, and the client going away
-            if timeouts.total > 0:
-                scope.deadline = trio.current_time() + timeouts.total
+            cancel = nursery.cancel_scope
+            cancel.deadline = (exchange.total_deadline if reader is not None else
+                               min(exchange.total_deadline, exchange.first_byte_deadline))
+            lease.bind(cancel)
             try:
-                conn = await self._send_request(supervisor, request, body)
                 if body.done:
-                    nursery.start_soon(self._watch_disconnect, body, exchange, scope)
-                await self._relay_response(supervisor, conn, send, exchange, timeouts)
+                    nursery.start_soon(self._watch_disconnect, body, exchange, cancel)
+                if reader is None:
+                    reader = BodyReader(conn, await conn.read_head(method))
+                    cancel.deadline = exchange.total_deadline
+                    data = reader.take()
+                head = reader.head
+                exchange.status = head.status
+                exchange.response_started = True
+                await send({"type": "http.response.start", "status": head.status,
+                            "headers": self._response_headers(head.headers, exchange)})
+                exchange.body_bytes += len(data)
+                # `read` returns all that has arrived and says when that was the end, so the
+                # last bytes go out with the end of the message and nothing waits on them.
+                while not reader.done:
+                    if data:
+                        await send({"type": "http.response.body", "body": data,
+                                    "more_body": True})
+                    data = await reader.read()
+                    exchange.body_bytes += len(data)
+                exchange.finished = True
+                await supervisor.pool.release(conn)
             except (GatewayError, _ClientGone) as exc:
                 failure = exc  # raised below, outside the nursery's exception group
             finally:
-                scope.cancel()
+                cancel.cancel()
+                if not exchange.finished:
+                    await conn.aclose()
         if failure is not None:
             raise failure
         if not exchange.finished:
-            if body.disconnected:
-                raise _ClientGone
+            self._cut_short(lease, body, exchange, supervisor.config.timeouts, quick_ok=False)
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+    @staticmethod
+    def _cut_short(lease: Lease, body: _ClientBody, exchange: _Exchange, timeouts: Any, *,
+                   quick_ok: bool) -> None:
+        """Raise what cancelled the exchange; return when it was only the fast path's end."""
+        if lease.error is not None:
+            raise copy.copy(lease.error)  # one error revokes many leases: one copy each
+        if body.disconnected:
+            raise _ClientGone
+        now = trio.current_time()
+        if not exchange.response_started and now >= exchange.first_byte_deadline and \
+                exchange.first_byte_deadline <= exchange.total_deadline:
+            raise UpstreamTimeout(
+                f"no response from the upstream within {timeouts.first_byte}s",
+                phase="first_byte")
+        if now >= exchange.total_deadline or not quick_ok:
             raise UpstreamTimeout(
                 f"the upstream exchange took longer than {timeouts.total}s", phase="total")
 
@@ -235,93 +334,41 @@ class ProxyHandler:
                     scope.cancel()
                 return
 
-    async def _send_request(self, supervisor: Supervisor, request: h11.Request,
-                            body: _ClientBody) -> Connection:
+    async def _send_request(self, supervisor: Supervisor, request: bytes, body: _ClientBody,
+                            chunked: bool) -> Connection:
+        """A connection on which the request (head and body) has been sent. Raises
+        `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset` or `_ClientGone`."""
         connect_timeout = supervisor.config.timeouts.connect
         conn = await supervisor.pool.acquire(connect_timeout)
         try:
-            await conn.send(request)
-        except (trio.BrokenResourceError, OSError):
-            await conn.aclose()
-            if not conn.reused:
-                raise UpstreamReset("the upstream closed the connection") from None
-            # A kept-alive connection the upstream closed just now: once more, fresh.
-            conn = await supervisor.pool.connect(connect_timeout)
-            await self._send_or_reset(conn, request)
-        try:
-            async for chunk in body.chunks():
-                await conn.send(h11.Data(data=chunk))
-            await conn.send(h11.EndOfMessage())
-        except (trio.BrokenResourceError, OSError):
-            # The upstream may have answered early (413, 401) and closed: read that answer.
-            pass
+            try:
+                await conn.send(request)
+            except (trio.BrokenResourceError, OSError):
+                if not conn.reused:
+                    raise UpstreamReset("the upstream closed the connection") from None
+                # A kept-alive connection the upstream closed just now: once more, fresh.
+                await conn.aclose()
+                conn = await supervisor.pool.connect(connect_timeout)
+                try:
+                    await conn.send(request)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise UpstreamReset(f"cannot send to the upstream: {exc}") from None
+            try:
+                async for data in body.chunks():
+                    await conn.send(encode_chunk(data) if chunked else data)
+                if chunked:
+                    await conn.send(LAST_CHUNK)
+            except (trio.BrokenResourceError, OSError):
+                pass  # the upstream may have answered early (413, 401) and closed: read that
         except BaseException:
             await conn.aclose()
             raise
         return conn
 
     @staticmethod
-    async def _send_or_reset(conn: Connection, event: h11.Event) -> None:
-        try:
-            await conn.send(event)
-        except (trio.BrokenResourceError, OSError) as exc:
-            await conn.aclose()
-            raise UpstreamReset(f"cannot send to the upstream: {exc}") from None
-
-    async def _relay_response(self, supervisor: Supervisor, conn: Connection, send: Send,
-                              exchange: _Exchange, timeouts: Any) -> None:
-        try:
-            first_byte = timeouts.first_byte
-            with trio.move_on_after(first_byte if first_byte > 0 else math.inf) as waited:
-                response = await self._response_head(conn)
-            if waited.cancelled_caught:
-                raise UpstreamTimeout(f"no response from the upstream within {first_byte}s",
-                                      phase="first_byte")
-            exchange.status = response.status_code
-            exchange.response_started = True
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": self._response_headers(response.headers, exchange)})
-            # A chunk is held back only while the next event is already parsed: the last chunk
-            # then goes out with the end of the message, and nothing waits on the upstream.
-            held = b""
-            while True:
-                event = conn.next_event_nowait()
-                if event is h11.NEED_DATA:
-                    if held:
-                        await send({"type": "http.response.body", "body": held,
-                                    "more_body": True})
-                        held = b""
-                    await conn.receive()
-                elif type(event) is h11.Data:
-                    if held:
-                        await send({"type": "http.response.body", "body": held,
-                                    "more_body": True})
-                    held = event.data
-                    exchange.body_bytes += len(held)
-                elif type(event) is h11.EndOfMessage:
-                    break
-                else:
-                    raise UpstreamReset("the upstream closed the connection mid-body")
-            exchange.finished = True
-            await supervisor.pool.release(conn)
-        except BaseException:
-            await conn.aclose()
-            raise
-        await send({"type": "http.response.body", "body": held, "more_body": False})
-
-    @staticmethod
-    async def _response_head(conn: Connection) -> h11.Response:
-        while True:
-            event = await conn.next_event()
-            if type(event) is h11.Response:
-                return event
-            if type(event) is h11.ConnectionClosed:
-                raise UpstreamReset("the upstream closed the connection without answering")
-            # InformationalResponse (100 Continue, 103): not forwarded over HTTP/1.1.
-
-    @staticmethod
     def _request_headers(scope: Scope, supervisor: Supervisor,
-                         exchange: _Exchange) -> list[tuple[bytes, bytes]]:
+                         exchange: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The headers to send upstream, and whether the body is to be chunk-encoded."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         dropped = set(HOP_BY_HOP)
         for name, value in headers:
@@ -350,9 +397,10 @@ class ProxyHandler:
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", exchange.request_id.encode()))
-        if chunked and not has_length:
+        chunked = chunked and not has_length
+        if chunked:
             out.append((b"transfer-encoding", b"chunked"))
-        return out
+        return out, chunked
 
     @staticmethod
     def _response_headers(headers: list[tuple[bytes, bytes]],

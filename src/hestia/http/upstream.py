@@ -1,66 +1,104 @@
-"""The proxy leg: HTTP/1.1 to upstreams with h11 on trio streams, and a keep-alive pool.
+"""The proxy leg: HTTP/1.1 to upstreams on plain trio streams, and a keep-alive pool.
 
-Chosen by measurement (see docs/performance.md): an httpx client shared by many trio tasks slows
-sharply with concurrency on this kind of machine, while h11 on plain trio streams keeps pace with
-the server side. The pool keeps idle connections per upstream; a connection is reused only after a
-complete exchange, and checked for a pending EOF before reuse so that a connection the upstream
-closed while idle is not handed out.
+Chosen by measurement (docs/performance.md). An httpx client shared by many trio tasks slows
+sharply with concurrency on this kind of machine; h11 on trio streams keeps pace, but its
+per-event validation and state machine were a sixth of the gateway's CPU per proxied request.
+What the proxy leg needs is narrow — write a request whose headers the server side already
+validated, then frame one response — so this module does exactly that:
+
+- the request head is written as bytes; a body is passed through as is (Content-Length) or
+  chunk-encoded (when the client sent it chunked);
+- the response head is parsed strictly (status line, `name: value` lines, at most
+  `MAX_HEAD` bytes), 1xx answers are skipped, and the body is framed by the rules of RFC 9112
+  §6.3: none for HEAD, 1xx, 204 and 304; chunked; Content-Length; else until the connection
+  closes (then it is not reused).
+
+The pool keeps idle connections per upstream; a connection is reused only after a complete
+exchange on a keep-alive response, and checked for a pending EOF before reuse so that one the
+upstream closed while idle is not handed out.
 """
 
 from __future__ import annotations
 
 import select
 import ssl
+from dataclasses import dataclass
 
-import h11
 import trio
 
 from ..errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
 
-__all__ = ["Connection", "UpstreamPool"]
+__all__ = [
+    "LAST_CHUNK",
+    "BodyReader",
+    "Connection",
+    "ResponseHead",
+    "UpstreamPool",
+    "encode_chunk",
+    "fetch_status",
+    "request_head",
+]
 
-_READ_SIZE = 65536
+READ_SIZE = 65536
+MAX_HEAD = 64 * 1024
+MAX_CHUNK_LINE = 4096
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, values as sent, order kept
+    keep_alive: bool
+    chunked: bool
+    length: int | None                  # Content-Length; None: chunked, or until close
+    bodyless: bool                      # HEAD, 1xx, 204, 304
 
 
 class Connection:
-    """One HTTP/1.1 connection to an upstream."""
+    """One HTTP/1.1 connection to an upstream: one exchange at a time."""
 
-    __slots__ = ("stream", "h11", "reused")
+    __slots__ = ("stream", "buffer", "reused", "reusable", "eof")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.buffer = bytearray()
         self.reused = False
+        self.reusable = False  # set once a keep-alive response has been read to its end
+        self.eof = False
 
-    async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
-        if data:
-            await self.stream.send_all(data)
-
-    def next_event_nowait(self) -> h11.Event | type[h11.NEED_DATA]:
-        """The next already-received event, or `h11.NEED_DATA`. Raises `UpstreamReset`."""
-        try:
-            return self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise UpstreamReset(f"invalid response from upstream: {exc}") from None
+    async def send(self, data: bytes) -> None:
+        """Write bytes; raises `trio.BrokenResourceError` or `OSError` when the peer is gone."""
+        await self.stream.send_all(data)
 
     async def receive(self) -> None:
-        """Read what the upstream sent next into the parser (an EOF included)."""
+        """Read what the upstream sent next into the buffer; at EOF, set `eof`."""
         try:
-            data = await self.stream.receive_some(_READ_SIZE)
+            data = await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, OSError) as exc:
             raise UpstreamReset(f"connection to upstream broken: {exc}") from None
-        self.h11.receive_data(data)
+        if data:
+            self.buffer += data
+        else:
+            self.eof = True
 
-    async def next_event(self) -> h11.Event:
-        """The next h11 event from the upstream; raises `UpstreamReset` on a broken connection."""
-        while (event := self.next_event_nowait()) is h11.NEED_DATA:
-            await self.receive()
-        return event  # type: ignore[return-value]
-
-    @property
-    def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+    async def read_head(self, method: bytes) -> ResponseHead:
+        """The final (non-1xx) response head. Raises `UpstreamReset`. Safe to cancel and call
+        again: what was read stays in the buffer."""
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise UpstreamReset(f"response head larger than {MAX_HEAD} bytes")
+                if self.eof:
+                    raise UpstreamReset("the upstream closed the connection without answering")
+                await self.receive()
+                continue
+            raw = bytes(self.buffer[:end])
+            del self.buffer[:end + 4]
+            head = _parse_head(raw, method)
+            if head is not None:
+                return head  # else a 1xx (100 Continue, 103): read on
 
     def looks_alive(self) -> bool:
         """False when the upstream closed this idle connection (EOF or stray bytes pending)."""
@@ -76,6 +114,160 @@ class Connection:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Serialize a request head. Names and values must already be valid (no CR or LF): they
+    come from the server side's parser or from Hestia itself."""
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked request body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _parse_head(raw: bytes, method: bytes) -> ResponseHead | None:
+    lines = raw.split(b"\r\n")
+    status_line = lines[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
+        raise UpstreamReset(f"invalid status line from upstream: {lines[0][:100]!r}")
+    version, code = status_line[0], status_line[1]
+    if len(code) != 3 or not code.isdigit():
+        raise UpstreamReset(f"invalid status code from upstream: {code[:10]!r}")
+    status = int(code)
+    if 100 <= status < 200 and status != 101:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    chunked = encoded = False
+    connection = b""
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            raise UpstreamReset(f"invalid header line from upstream: {line[:100]!r}")
+        name = name.lower()
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        if name == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise UpstreamReset(f"invalid Content-Length from upstream: {value[:40]!r}")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            # Chunked when it is the final coding; any other coding runs until the close.
+            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+            encoded = True
+        elif name == b"connection":
+            connection += b"," + value.lower()
+    bodyless = method == b"HEAD" or status in (204, 304) or status < 200
+    if encoded:
+        length = None
+    tokens = {t.strip() for t in connection.split(b",")}
+    keep_alive = (b"close" not in tokens and (version == b"HTTP/1.1" or b"keep-alive" in tokens)
+                  and (bodyless or chunked or length is not None))
+    return ResponseHead(status, headers, keep_alive, chunked, length, bodyless)
+
+
+class BodyReader:
+    """A response body, read as it arrives. `read()` returns everything available (waiting only
+    when nothing is), and sets `done` in the same call that returns the last bytes, so the caller
+    can send them together with the end of the message."""
+
+    __slots__ = ("conn", "head", "done", "_remaining", "_chunk_left", "_state")
+
+    def __init__(self, conn: Connection, head: ResponseHead) -> None:
+        self.conn = conn
+        self.head = head
+        self.done = False
+        self._remaining = head.length
+        self._chunk_left = 0
+        self._state = "size"  # chunked: size → data → crlf → size …; trailers at the end
+        if head.bodyless or head.length == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self.conn.reusable = self.head.keep_alive and not self.conn.buffer
+
+    async def read(self) -> bytes:
+        """The next bytes of the body (b"" only once `done`). Raises `UpstreamReset` when the
+        upstream ends the connection before the body's end. Safe to cancel and call again."""
+        while not self.done:
+            data = self.take()
+            if data or self.done:
+                return data
+            if self.conn.eof:
+                if self.head.length is None and not self.head.chunked:
+                    self._finish()  # delimited by the close: a complete body
+                    self.conn.reusable = False
+                    return b""
+                raise UpstreamReset("the upstream closed the connection mid-body")
+            await self.conn.receive()
+        return b""
+
+    def take(self) -> bytes:
+        """What of the body is already buffered, without waiting (sets `done` at the end)."""
+        buffer = self.conn.buffer
+        if self.done:
+            return b""
+        if not self.head.chunked:
+            if self._remaining is None:  # until close
+                data = bytes(buffer)
+                buffer.clear()
+                return data
+            data = bytes(buffer[:self._remaining])
+            del buffer[:len(data)]
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                self._finish()
+            return data
+        return self._take_chunked(buffer)
+
+    def _take_chunked(self, buffer: bytearray) -> bytes:
+        out: list[bytes] = []
+        while True:
+            if self._state == "data":
+                if not buffer:
+                    break
+                piece = bytes(buffer[:self._chunk_left])
+                del buffer[:len(piece)]
+                out.append(piece)
+                self._chunk_left -= len(piece)
+                if self._chunk_left:
+                    break
+                self._state = "crlf"
+            elif self._state == "crlf":
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise UpstreamReset("invalid chunked body from upstream (missing CRLF)")
+                del buffer[:2]
+                self._state = "size"
+            else:  # "size" or "trailers": one line at a time
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_CHUNK_LINE:
+                        raise UpstreamReset("chunk size line too long")
+                    break
+                line = bytes(buffer[:end])
+                del buffer[:end + 2]
+                if self._state == "trailers":
+                    if not line:
+                        self._finish()
+                        break
+                    continue  # trailers are dropped (not forwarded over HTTP/1.1)
+                size = line.split(b";", 1)[0].strip()
+                try:
+                    self._chunk_left = int(size, 16)
+                except ValueError:
+                    raise UpstreamReset(
+                        f"invalid chunk size from upstream: {size[:20]!r}") from None
+                self._state = "data" if self._chunk_left else "trailers"
+        return b"".join(out)
 
 
 class UpstreamPool:
@@ -124,7 +316,7 @@ class UpstreamPool:
     async def release(self, conn: Connection) -> None:
         """Return a connection after its exchange; keeps it only when it can serve another."""
         if conn.reusable and len(self._idle) < self.max_idle:
-            conn.h11.start_next_cycle()
+            conn.reusable = False
             self._idle.append(conn)
         else:
             await conn.aclose()
@@ -143,20 +335,15 @@ async def fetch_status(host: str, port: int, path: str, *, timeout: float,
     Raises `UpstreamUnreachable`, `UpstreamReset` or `UpstreamTimeout`.
     """
     pool = UpstreamPool(host, port, tls=tls)
-    with trio.move_on_after(timeout) as scope:
+    with trio.move_on_after(timeout):
         conn = await pool.connect(timeout)
         try:
-            await conn.send(h11.Request(method="GET", target=path, headers=[
-                ("host", f"{host}:{port}"), ("user-agent", "hestia-probe"),
-                ("connection", "close")]))
-            await conn.send(h11.EndOfMessage())
-            while True:
-                event = await conn.next_event()
-                if type(event) is h11.Response:
-                    return event.status_code
-                if type(event) is h11.ConnectionClosed:
-                    raise UpstreamReset("upstream closed the connection before answering")
+            await conn.send(request_head(b"GET", path.encode(), [
+                (b"host", f"{host}:{port}".encode()), (b"user-agent", b"hestia-probe"),
+                (b"connection", b"close")]))
+            return (await conn.read_head(b"GET")).status
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise UpstreamReset(f"cannot send to {host}:{port}: {exc}") from None
         finally:
             await conn.aclose()
-    assert scope.cancelled_caught
     raise UpstreamTimeout(f"no answer from {host}:{port}{path} within {timeout}s")

@@ -65,19 +65,26 @@ _serials = itertools.count(1)
 
 class Lease:
     """Held by a request while it uses the backend. The supervisor can revoke it (the backend
-    crashed or was stopped): its cancel scope is cancelled and `error` says why. `serial` grows
-    with every lease granted, so the order of grants can be seen."""
+    crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
+    work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen."""
 
     __slots__ = ("scope", "error", "serial")
 
     def __init__(self) -> None:
-        self.scope = trio.CancelScope()
+        self.scope: trio.CancelScope | None = None
         self.error: GatewayError | None = None
         self.serial = next(_serials)
 
+    def bind(self, scope: trio.CancelScope) -> None:
+        """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""
+        self.scope = scope
+        if self.error is not None:
+            scope.cancel()
+
     def revoke(self, error: GatewayError) -> None:
         self.error = error
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class _Waiter:
@@ -170,7 +177,8 @@ class Supervisor:
         """
         lease = await self.acquire()
         try:
-            with lease.scope:
+            with trio.CancelScope() as scope:
+                lease.bind(scope)
                 yield lease
         finally:
             self.release(lease)
