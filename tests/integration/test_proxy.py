@@ -317,3 +317,25 @@ async def test_upstream_connections_are_kept_alive_and_successes_logged_as_such(
             await trio.sleep(0.005)
     assert len(set(ports)) == 1
     assert [(r["status"], r["error"]) for r in requests] == [(200, None)] * 5
+
+
+async def test_a_request_outlasting_a_stop_gets_502_after_the_drain(start_gateway):
+    with trio.fail_after(30):
+        # grace_period (the drain) is 2s in these tests.
+        gateway = await start_gateway(services={"up": upstream_service()})
+        supervisor = gateway.supervisors["up"]
+        async with client(gateway) as http:
+            responses: list[httpx.Response] = []
+
+            async def slow() -> None:
+                responses.append(await http.get("/services/up/slow?ms=20000"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow)  # the only request: it starts the backend, then waits
+                while supervisor.state.name != "READY" or supervisor.in_flight == 0:
+                    await trio.sleep(0.005)
+                assert (await http.post("/v1/services/up/stop")).status_code == 202
+                assert (await http.get("/v1/services/up/status")).json()["state"] == "STOPPING"
+            body = assert_error_body(responses[0], 502, "backend_crashed", "up")
+            assert "was stopped (api)" in body["detail"]
+            await wait_for_state(gateway, "up", "COLD")
