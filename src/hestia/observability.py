@@ -8,8 +8,8 @@ also echoed to the client in `X-Request-ID`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import uuid
 from typing import TextIO
 
 import structlog
@@ -50,4 +50,4 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(value) <= _MAX_REQUEST_ID and all(33 <= c < 127 for c in value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as a uuid4, at half the cost

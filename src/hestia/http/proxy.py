@@ -136,7 +136,9 @@ class ProxyHandler:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         service_id, _, rest = raw_path[len(PREFIX):].partition(b"/")
-        name = unquote(service_id.decode("latin-1"))
+        name = service_id.decode("latin-1")
+        if "%" in name:
+            name = unquote(name)
         exchange = _Exchange(request_id_from(headers), name)
         try:
             supervisor = self.supervisors.get(name)
@@ -150,10 +152,11 @@ class ProxyHandler:
             prefix = supervisor.config.upstream_prefix
             if prefix:
                 target = prefix.encode() + target
-            has_body = any(n == b"content-length" and v.strip() != b"0"
-                           or n == b"transfer-encoding" for n, v in headers)
+            upstream_headers, chunked, has_body = self._request_headers(scope, supervisor,
+                                                                        exchange)
             body = _ClientBody(receive, has_body)
-            await self._serve(supervisor, scope, body, send, target, exchange)
+            request = request_head(scope["method"].encode(), target, upstream_headers)
+            await self._serve(supervisor, scope, body, send, request, chunked, exchange)
         except GatewayError as error:
             if error.service is None:
                 error.service = name
@@ -177,12 +180,13 @@ class ProxyHandler:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, supervisor: Supervisor, scope: Scope, body: _ClientBody, send: Send,
-                     target: bytes, exchange: _Exchange) -> None:
+                     request: bytes, chunked: bool, exchange: _Exchange) -> None:
         lease = supervisor.acquire_nowait()
         if lease is None:
             lease = await self._wait_for_lease(supervisor, body)
         try:
-            await self._exchange(supervisor, lease, scope, body, send, target, exchange)
+            await self._exchange(supervisor, lease, scope, body, send, request, chunked,
+                                 exchange)
         finally:
             supervisor.release(lease)
 
@@ -205,7 +209,7 @@ class ProxyHandler:
         return lease
 
     async def _exchange(self, supervisor: Supervisor, lease: Lease, scope: Scope,
-                        body: _ClientBody, send: Send, target: bytes,
+                        body: _ClientBody, send: Send, request: bytes, chunked: bool,
                         exchange: _Exchange) -> None:
         """Send the request; then, when the whole response is there within `QUICK`, answer it
         at once (the fast path); else stream it while watching the client (`_stream`).
@@ -215,9 +219,7 @@ class ProxyHandler:
         (docs/performance.md). A client that goes away is seen within `QUICK` at the latest.
         """
         timeouts = supervisor.config.timeouts
-        headers, chunked = self._request_headers(scope, supervisor, exchange)
         method = scope["method"].encode()
-        request = request_head(method, target, headers)
         if timeouts.total > 0:
             exchange.total_deadline = trio.current_time() + timeouts.total
         conn: Connection | None = None
@@ -367,16 +369,18 @@ class ProxyHandler:
 
     @staticmethod
     def _request_headers(scope: Scope, supervisor: Supervisor,
-                         exchange: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The headers to send upstream, and whether the body is to be chunk-encoded."""
+                         exchange: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+        """The headers to send upstream, whether the body is to be chunk-encoded, and whether
+        there is a body at all."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        dropped = set(HOP_BY_HOP)
+        dropped = HOP_BY_HOP
         for name, value in headers:
             if name == b"connection":
-                dropped.update(t.strip().lower() for t in value.split(b","))
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
         out: list[tuple[bytes, bytes]] = []
         host = forwarded_for = None
         chunked = has_length = False
+        length = b""
         for name, value in headers:
             if name in dropped:
                 chunked = chunked or name == b"transfer-encoding"
@@ -385,7 +389,8 @@ class ProxyHandler:
             elif name == b"x-forwarded-for":
                 forwarded_for = value
             elif name not in (b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host"):
-                has_length = has_length or name == b"content-length"
+                if name == b"content-length":
+                    has_length, length = True, value.strip()
                 out.append((name, value))
         config = supervisor.config
         out.append((b"host", f"{config.upstream_host}:{config.upstream_port}".encode()))
@@ -400,7 +405,7 @@ class ProxyHandler:
         chunked = chunked and not has_length
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
-        return out, chunked
+        return out, chunked, chunked or (has_length and length != b"0")
 
     @staticmethod
     def _response_headers(headers: list[tuple[bytes, bytes]],
