@@ -51,6 +51,7 @@ HEAD gets the same status/headers with no body):
   /slow-body?ms=M         chunked: "a" at once, sleeps M ms, then "b"
   /crash                  os._exit(17) without sending anything
   /close                  closes the connection without answering (server lives)
+  /close-idle?ms=M        200 "ok" (keep-alive), then closes the connection M ms later
   /crash-mid-body         headers with Content-Length: 1000000, 1000 bytes,
                           then os._exit(18)
   /die-later?ms=M         200 "bye", then os._exit(19) after M ms
@@ -334,9 +335,18 @@ class Handler(BaseHTTPRequestHandler):
             os._exit(19)
         threading.Thread(target=die, daemon=True).start()
 
+    def route_close_idle(self):
+        # Answer with keep-alive, then close the connection while it is idle, as servers with
+        # a short keep-alive timeout do.
+        self._send(200, "ok")
+        self.wfile.flush()
+        time.sleep(self._int("ms", 0) / 1000)
+        self.close_connection = True
+
 
 ROUTES = {"/health", "/cookies", "/hop", "/stream", "/gated", "/release", "/bytes",
-          "/slow", "/slow-body", "/crash", "/close", "/crash-mid-body", "/die-later"}
+          "/slow", "/slow-body", "/crash", "/close", "/crash-mid-body", "/die-later",
+          "/close-idle"}
 
 
 class Server(ThreadingHTTPServer):

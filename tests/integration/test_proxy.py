@@ -339,3 +339,21 @@ async def test_a_request_outlasting_a_stop_gets_502_after_the_drain(start_gatewa
             body = assert_error_body(responses[0], 502, "backend_crashed", "up")
             assert "was stopped (api)" in body["detail"]
             await wait_for_state(gateway, "up", "COLD")
+
+
+async def test_a_kept_alive_connection_the_upstream_closed_is_replaced(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        async with client(gateway) as http:
+            assert (await http.get("/services/up/close-idle?ms=20")).text == "ok"
+            await trio.sleep(0.2)  # closed by the upstream, too recently to be checked
+            first = await http.get("/services/up/echo")
+            assert first.status_code == 200
+            await trio.sleep(0.7)  # idle long enough to be checked before reuse
+            second = await http.get("/services/up/echo")
+            assert second.json()["peer_port"] == first.json()["peer_port"]
+            # A POST is never sent twice, so its connection is checked before it is reused.
+            assert (await http.get("/services/up/close-idle?ms=20")).text == "ok"
+            await trio.sleep(0.2)
+            response = await http.post("/services/up/echo", content=b"once")
+            assert response.json()["body"] == "once"

@@ -45,6 +45,8 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect",
 })
+# Methods a request may be sent again for, when a kept-alive connection turns out closed.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 # The fast path: a response complete within this long is answered without a second task.
 QUICK = 0.05
 # While a request waits for its backend, this much of its body is read ahead so that a client
@@ -231,13 +233,27 @@ class ProxyHandler:
             # cancellation is told apart afterwards, in `_cut_short`.
             with trio.CancelScope(deadline=exchange.total_deadline) as cancel:
                 lease.bind(cancel)
-                conn = await self._send_request(supervisor, request, body, chunked)
+                retryable = method in IDEMPOTENT
+                conn = await self._send_request(supervisor, request, body, chunked,
+                                                retryable=retryable)
                 now = trio.current_time()
                 if timeouts.first_byte > 0:
                     exchange.first_byte_deadline = now + timeouts.first_byte
                 cancel.deadline = min(exchange.total_deadline, exchange.first_byte_deadline,
                                       now + QUICK)
-                head = await conn.read_head(method)
+                try:
+                    head = await conn.read_head(method)
+                except UpstreamReset:
+                    if not (retryable and conn.reused and not conn.received
+                            and not body.pulled):
+                        raise
+                    # The upstream had closed this kept-alive connection just before the
+                    # request went out; it never saw the request. Once more, fresh.
+                    await conn.aclose()
+                    conn = None
+                    conn = await self._send_request(supervisor, request, body, chunked,
+                                                    retryable=True, fresh=True)
+                    head = await conn.read_head(method)
                 reader = BodyReader(conn, head)
                 data = reader.take()
             if cancel.cancelled_caught:
@@ -337,11 +353,14 @@ class ProxyHandler:
                 return
 
     async def _send_request(self, supervisor: Supervisor, request: bytes, body: _ClientBody,
-                            chunked: bool) -> Connection:
+                            chunked: bool, *, retryable: bool, fresh: bool = False,
+                            ) -> Connection:
         """A connection on which the request (head and body) has been sent. Raises
         `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset` or `_ClientGone`."""
         connect_timeout = supervisor.config.timeouts.connect
-        conn = await supervisor.pool.acquire(connect_timeout)
+        pool = supervisor.pool
+        conn = await (pool.connect(connect_timeout) if fresh else
+                      pool.acquire(connect_timeout, check=not retryable))
         try:
             try:
                 await conn.send(request)

@@ -43,6 +43,7 @@ READ_SIZE = 65536
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4096
 LAST_CHUNK = b"0\r\n\r\n"
+CHECK_IDLE_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -58,7 +59,7 @@ class ResponseHead:
 class Connection:
     """One HTTP/1.1 connection to an upstream: one exchange at a time."""
 
-    __slots__ = ("stream", "buffer", "reused", "reusable", "eof")
+    __slots__ = ("stream", "buffer", "reused", "reusable", "eof", "idle_since", "received")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -66,6 +67,8 @@ class Connection:
         self.reused = False
         self.reusable = False  # set once a keep-alive response has been read to its end
         self.eof = False
+        self.idle_since = 0.0
+        self.received = 0  # bytes received in the current exchange
 
     async def send(self, data: bytes) -> None:
         """Write bytes; raises `trio.BrokenResourceError` or `OSError` when the peer is gone."""
@@ -79,6 +82,7 @@ class Connection:
             raise UpstreamReset(f"connection to upstream broken: {exc}") from None
         if data:
             self.buffer += data
+            self.received += len(data)
         else:
             self.eof = True
 
@@ -304,10 +308,14 @@ class UpstreamPool:
                 f"cannot connect to {self.host}:{self.port}: {reason}") from None
         return Connection(stream)
 
-    async def acquire(self, connect_timeout: float) -> Connection:
+    async def acquire(self, connect_timeout: float, *, check: bool = False) -> Connection:
+        """An idle connection or a new one. An idle one is checked for a close by the upstream
+        when `check` is true or it has been idle a while: the check is a syscall, worth it where
+        a request cannot simply be sent again on a fresh connection (a POST)."""
         while self._idle:
             conn = self._idle.pop()
-            if conn.looks_alive():
+            fresh = not check and trio.current_time() - conn.idle_since < CHECK_IDLE_AFTER
+            if fresh or conn.looks_alive():
                 conn.reused = True
                 return conn
             await conn.aclose()
@@ -317,6 +325,8 @@ class UpstreamPool:
         """Return a connection after its exchange; keeps it only when it can serve another."""
         if conn.reusable and len(self._idle) < self.max_idle:
             conn.reusable = False
+            conn.received = 0
+            conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
             await conn.aclose()
