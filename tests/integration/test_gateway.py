@@ -69,6 +69,18 @@ def _hestia(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def _stop(gateway: subprocess.Popen) -> tuple[str, str]:
+    """After a test, failed or not: SIGTERM first, so that the gateway stops its backends;
+    SIGKILL only if it does not exit (which would orphan them)."""
+    if gateway.poll() is None:
+        gateway.terminate()
+        try:
+            return gateway.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+    return gateway.communicate()
+
+
 async def _wait_http(url: str) -> None:
     async with httpx.AsyncClient() as http:
         while True:
@@ -112,9 +124,7 @@ async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
             while gateway.poll() is None:
                 await trio.sleep(0.05)
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
-        _, stderr = gateway.communicate()
+        _, stderr = _stop(gateway)
     assert gateway.returncode == 0, stderr
     assert not _alive(pid)
     assert not _alive(child)
@@ -143,9 +153,7 @@ async def test_repeated_signals_still_stop_every_backend(tmp_path):
             while gateway.poll() is None:
                 await trio.sleep(0.05)
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
-        _, stderr = gateway.communicate()
+        _, stderr = _stop(gateway)
     assert gateway.returncode == 0, stderr
     assert not _alive(pid)
     assert '"event": "gateway_stopping_now"' in stderr
@@ -174,9 +182,7 @@ async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
             while gateway.poll() is None:
                 await trio.sleep(0.05)
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
-        _, stderr = gateway.communicate()
+        _, stderr = _stop(gateway)
     assert gateway.returncode == 0, stderr
     events = [e for e in ("backend_starting", "backend_ready", "backend_stopped")
               if f'"event": "{e}"' in stderr]
