@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -103,61 +105,72 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
+class _Served:
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.stderr = ""
+
+    async def wait_exit(self) -> None:
+        while self.process.poll() is None:
+            await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _serve_file(tmp_path: Path, service: dict, **top: object) -> AsyncIterator[_Served]:
+    """`hestia serve -c FILE` in a subprocess, with one service `up`; stopped on the way out
+    (its stderr then in `.stderr`)."""
     port = free_port()
-    service = upstream_service("--ignore-sigterm", "--spawn-child")
-    service["launcher"]["process"]["stop_timeout"] = "500ms"
     config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
-              "grace_period": "1s", "services": {"up": service}}
+              "services": {"up": service}, **top}
     path = tmp_path / "hestia.yml"
     path.write_text(yaml.safe_dump(config))
-    gateway = _hestia("serve", "-c", str(path), "--log-format", "json")
+    served = _Served(_hestia("serve", "-c", str(path), "--log-format", "json"),
+                     f"http://127.0.0.1:{port}")
     try:
         with trio.fail_after(60):
-            await _wait_http(f"http://127.0.0.1:{port}/__health")
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            await _wait_http(f"{served.url}/__health")
+        yield served
+    finally:
+        _, served.stderr = _stop(served.process)
+
+
+async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
+    service = upstream_service("--ignore-sigterm", "--spawn-child")
+    service["launcher"]["process"]["stop_timeout"] = "500ms"
+    async with _serve_file(tmp_path, service, grace_period="1s") as served:
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(base_url=served.url) as http:
                 pid = (await http.get("/services/up/echo")).json()["pid"]
             log = (tmp_path / "data" / "logs" / "up.log").read_text()
             child = int(log.split("child-pid ")[1].split()[0])
             assert _alive(pid) and _alive(child)
-            gateway.send_signal(signal.SIGTERM)
-            while gateway.poll() is None:
-                await trio.sleep(0.05)
-    finally:
-        _, stderr = _stop(gateway)
-    assert gateway.returncode == 0, stderr
+            served.process.send_signal(signal.SIGTERM)
+            await served.wait_exit()
+    assert served.process.returncode == 0, served.stderr
     assert not _alive(pid)
     assert not _alive(child)
-    assert '"event": "backend_stopped"' in stderr
-    assert '"reason": "shutdown"' in stderr
-    assert '"event": "process_kill"' in stderr  # it ignored SIGTERM, so the group got SIGKILL
+    assert '"event": "backend_stopped"' in served.stderr
+    assert '"reason": "shutdown"' in served.stderr
+    # It ignored SIGTERM, so its process group got SIGKILL.
+    assert '"event": "process_kill"' in served.stderr
 
 
 async def test_repeated_signals_still_stop_every_backend(tmp_path):
-    port = free_port()
     service = upstream_service("--ignore-sigterm")
     service["launcher"]["process"]["stop_timeout"] = "1s"
-    config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
-              "services": {"up": service}}
-    path = tmp_path / "hestia.yml"
-    path.write_text(yaml.safe_dump(config))
-    gateway = _hestia("serve", "-c", str(path), "--log-format", "json")
-    try:
+    async with _serve_file(tmp_path, service) as served:
         with trio.fail_after(60):
-            await _wait_http(f"http://127.0.0.1:{port}/__health")
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            async with httpx.AsyncClient(base_url=served.url) as http:
                 pid = (await http.get("/services/up/echo")).json()["pid"]
             for _ in range(3):
-                gateway.send_signal(signal.SIGTERM)
+                served.process.send_signal(signal.SIGTERM)
                 await trio.sleep(0.1)
-            while gateway.poll() is None:
-                await trio.sleep(0.05)
-    finally:
-        _, stderr = _stop(gateway)
-    assert gateway.returncode == 0, stderr
+            await served.wait_exit()
+    assert served.process.returncode == 0, served.stderr
     assert not _alive(pid)
-    assert '"event": "gateway_stopping_now"' in stderr
-    assert '"event": "gateway_already_stopping"' in stderr
+    assert '"event": "gateway_stopping_now"' in served.stderr
+    assert '"event": "gateway_already_stopping"' in served.stderr
 
 
 async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
