@@ -228,6 +228,7 @@ class ProxyHandler:
         head: ResponseHead | None = None
         reader: BodyReader | None = None
         data = b""
+        quick = False  # whether the fast path's own deadline is armed
         try:
             # One cancel scope serves the deadlines and the lease's revocation; the cause of a
             # cancellation is told apart afterwards, in `_cut_short`.
@@ -241,6 +242,7 @@ class ProxyHandler:
                     exchange.first_byte_deadline = now + timeouts.first_byte
                 cancel.deadline = min(exchange.total_deadline, exchange.first_byte_deadline,
                                       now + QUICK)
+                quick = True
                 try:
                     head = await conn.read_head(method)
                 except UpstreamReset:
@@ -248,7 +250,11 @@ class ProxyHandler:
                             and not body.pulled):
                         raise
                     # The upstream had closed this kept-alive connection just before the
-                    # request went out; it never saw the request. Once more, fresh.
+                    # request went out; it never saw the request. Once more, fresh, and to
+                    # the end in this scope (this rare request does without the watcher).
+                    quick = False
+                    cancel.deadline = min(exchange.total_deadline,
+                                          exchange.first_byte_deadline)
                     await conn.aclose()
                     conn = None
                     conn = await self._send_request(supervisor, request, body, chunked,
@@ -257,7 +263,7 @@ class ProxyHandler:
                 reader = BodyReader(conn, head)
                 data = reader.take()
             if cancel.cancelled_caught:
-                self._cut_short(lease, body, exchange, timeouts, quick_ok=conn is not None)
+                self._cut_short(lease, body, exchange, timeouts, quick_ok=quick)
             assert conn is not None
             if reader is None or not reader.done:
                 await self._stream(supervisor, lease, conn, method, reader, data, body, send,
