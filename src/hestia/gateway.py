@@ -16,6 +16,7 @@ then `run` returns. A backend that was never started is left alone.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import signal
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +69,7 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [config.listen]
     hc.accesslog = None  # Hestia logs each request itself, with its request id
+    hc.errorlog = logging.getLogger("hypercorn.error")  # rendered like Hestia's own events
     hc.graceful_timeout = config.grace_period
     hc.keep_alive_timeout = 30
     # Bursts of new connections (many clients waiting for one cold start) must not overflow

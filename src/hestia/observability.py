@@ -30,17 +30,33 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None,
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True) if console
         else structlog.processors.JSONRenderer())
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
+    # Hypercorn (and any library) logs through the standard library: render those records the
+    # same way, so the output stays one format. Hypercorn's own "Running on" is left out at
+    # INFO, since `gateway_listening` says it; its warnings and errors (with tracebacks) stay.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if console else [structlog.processors.format_exc_info]),
+            renderer,
+        ],
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           stamp]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.WARNING, _LEVELS[level]))
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
