@@ -35,13 +35,18 @@ from pydantic import (
 from .errors import ConfigError
 
 __all__ = [
+    "CommandLauncherConfig",
     "Config",
+    "ContainerLauncherConfig",
+    "ExternalLauncherConfig",
     "LauncherConfig",
     "ProcessLauncherConfig",
     "QueueConfig",
     "ReadinessConfig",
     "ServiceConfig",
+    "StartupConfig",
     "TimeoutsConfig",
+    "WolLauncherConfig",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -116,17 +121,83 @@ class ProcessLauncherConfig(_Model):
         return signal.Signals[self.stop_signal]
 
 
+class CommandLauncherConfig(_Model):
+    """Start and stop through shell commands (`/bin/sh -c`), e.g. `ssh gpu-box systemctl start
+    ollama`. A start command that exits 0 means "started, now probe readiness"; one that keeps
+    running is supervised like a process (its exit while ready is a crash); one that exits with
+    another status fails the start. Output goes to the backend's log file. The environment gets
+    `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_MACHINE`, `HESTIA_UPSTREAM`, `HESTIA_PORT` and
+    `HESTIA_ACTION` (`start` or `stop`)."""
+
+    start: str = Field(min_length=1)
+    stop: str | None = None
+    """Run on stop (after the start command's process group, if still running, is stopped)."""
+    cwd: Path | None = None
+    env: dict[str, str] = {}
+    stop_timeout: Duration = 10.0
+    """How long the stop command may take, and how long a running start command gets after
+    SIGTERM before SIGKILL (default 10s)."""
+
+    @field_validator("cwd")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class ContainerLauncherConfig(_Model):
+    """A container through the podman or docker command line.
+
+    With `image`: `RUNTIME run --rm --name NAME [run_args] IMAGE [args]`, kept in the
+    foreground and supervised like a process; stopped with `RUNTIME stop -t SECONDS NAME`.
+    Without `image`: the existing container NAME is started with `RUNTIME start NAME` and
+    stopped with `RUNTIME stop -t SECONDS NAME`."""
+
+    runtime: Literal["podman", "docker"] = "podman"
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    image: str | None = None
+    args: list[str] = []
+    """Arguments after the image (the container's command)."""
+    run_args: list[str] = []
+    """Options for `run` before the image, e.g. `["-p", "127.0.0.1:11434:11434"]`."""
+    stop_timeout: Duration = 10.0
+
+
+class WolLauncherConfig(_Model):
+    """Wake a machine with a Wake-on-LAN magic packet, then probe readiness. Optionally stop
+    with a shell command (e.g. `ssh gpu-box poweroff`)."""
+
+    mac: str = Field(pattern=r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
+    broadcast: str = "255.255.255.255"
+    port: int = Field(default=9, ge=1, le=65535)
+    stop: str | None = None
+    stop_timeout: Duration = 30.0
+
+
+class ExternalLauncherConfig(_Model):
+    """Never started or stopped by Hestia: the backend is only probed. When it is not ready,
+    requests are answered 503 as soon as one probe fails (no waiting)."""
+
+
 class LauncherConfig(_Model):
     """How the backend is started and stopped: exactly one key."""
 
     process: ProcessLauncherConfig | None = None
+    command: CommandLauncherConfig | None = None
+    container: ContainerLauncherConfig | None = None
+    wol: WolLauncherConfig | None = None
+    external: ExternalLauncherConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LauncherConfig:
         chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
         if len(chosen) != 1:
-            raise ValueError("give exactly one launcher: process")
+            names = ", ".join(type(self).model_fields)
+            raise ValueError(f"give exactly one launcher: {names}")
         return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
 
 class ReadinessConfig(_Model):
@@ -193,6 +264,24 @@ class TimeoutsConfig(_Model):
     """The whole exchange including a streamed body (default 0: none, streams may be long)."""
 
 
+class StartupConfig(_Model):
+    """How hard a start is tried. Attempt `n` (n ≥ 2) waits `delay × backoff^(n-2)`, at most
+    `max_delay`, after the previous one failed. When every attempt failed, the backend is
+    FAILED for `cooldown`: requests meanwhile get 503 at once, with the attempts listed; then it
+    is COLD again and the next request tries afresh (a start through the API tries at once)."""
+
+    attempts: int = Field(default=1, ge=1, le=100)
+    """Attempts per start (default 1)."""
+    delay: Duration = 1.0
+    """Wait before the second attempt (default 1s)."""
+    backoff: float = Field(default=2.0, ge=1.0)
+    """Each further wait is this many times the previous one (default 2)."""
+    max_delay: Duration = 30.0
+    """The longest wait between two attempts (default 30s)."""
+    cooldown: Duration = 5.0
+    """How long a backend whose start failed stays FAILED (default 5s; 0: COLD at once)."""
+
+
 class ServiceConfig(_Model):
     """One service, addressed as `/services/<id>/…`, with its one backend."""
 
@@ -207,6 +296,7 @@ class ServiceConfig(_Model):
     after a crash or a failed start (with backoff from 1s up to 1m)."""
     queue: QueueConfig = QueueConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    startup: StartupConfig = StartupConfig()
 
     @field_validator("upstream")
     @classmethod

@@ -28,7 +28,7 @@ from hypercorn.trio import serve
 
 from .config import Config
 from .http.app import create_app
-from .launchers.process import ProcessLauncher
+from .launchers import make_launcher
 from .lifecycle.readiness import make_probe
 from .lifecycle.supervisor import Supervisor
 
@@ -57,9 +57,7 @@ class Gateway:
 def build_supervisors(config: Config) -> dict[str, Supervisor]:
     supervisors: dict[str, Supervisor] = {}
     for name, service in config.services.items():
-        launcher_config = service.launcher.process
-        assert launcher_config is not None
-        launcher = ProcessLauncher(launcher_config, config.data_dir / "logs" / f"{name}.log")
+        launcher = make_launcher(service.launcher, config.data_dir / "logs" / f"{name}.log")
         supervisors[name] = Supervisor(name, service, launcher, make_probe(service),
                                        drain_timeout=config.grace_period)
     return supervisors

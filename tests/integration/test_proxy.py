@@ -211,8 +211,9 @@ async def test_a_failed_start_is_503_with_exit_status_and_log_tail(start_gateway
             assert "exited with status 3" in body["detail"]
             assert "fatal: simulated start failure" in body["log_tail"]
             assert int(response.headers["retry-after"]) >= 1
+            assert [a["exit_status"] for a in body["attempts"]] == [3]
             status = (await http.get("/v1/services/up/status")).json()
-            assert status["state"] == "COLD"
+            assert status["state"] == "FAILED"  # for the cool-down, then COLD again
             assert status["lastError"]["exit_status"] == 3
 
 

@@ -138,7 +138,8 @@ def test_every_error_is_listed_with_its_path():
     ])
     text = str(caught.value)
     assert "services.a.idel_timeout: Extra inputs are not permitted" in text
-    assert "services.b.launcher: give exactly one launcher: process" in text
+    assert ("services.b.launcher: give exactly one launcher: process, command, container, wol, "
+            "external") in text
 
 
 def test_config_is_frozen():

@@ -181,12 +181,14 @@ async def test_a_start_that_never_becomes_ready_times_out(nursery, autojump_cloc
     assert "not ready after 7.0s" in caught.value.detail
     assert caught.value.extra["reason"] == "timeout"
     assert launcher.stop_calls == [7.0]
+    assert sup.state is State.FAILED
+    await trio.sleep(5.5)  # past the default cool-down of 5 s
     assert sup.state is State.COLD
 
 
 async def test_a_process_exiting_during_start_fails_the_start_at_once(nursery, autojump_clock):
     launcher = FakeLauncher(start_s=30, exit_after=0.5, exit_status=3)
-    sup = supervisor(launcher, readiness={"timeout": "60s"})
+    sup = supervisor(launcher, readiness={"timeout": "60s"}, startup={"cooldown": 0})
     await nursery.start(sup.run)
     with pytest.raises(StartFailed) as caught:
         async with sup.lease():
@@ -215,7 +217,7 @@ async def test_every_waiter_gets_the_start_failure(nursery, autojump_clock):
     async with trio.open_nursery() as clients:
         for _ in range(3):
             clients.start_soon(request)
-    assert errors == ["cannot run 'nope'"] * 3
+    assert errors == ["'echo' failed to start (1 attempt): cannot run 'nope'"] * 3
     assert trio.current_time() == 0.0
 
 
@@ -256,7 +258,7 @@ async def test_keep_warm_never_stops_for_idleness(nursery, autojump_clock):
 
 async def test_keep_warm_retries_a_failed_start_with_backoff(nursery, autojump_clock):
     launcher = FakeLauncher(spawn_error="boom")
-    sup = supervisor(launcher, keep_warm=True)
+    sup = supervisor(launcher, keep_warm=True, startup={"cooldown": 0})
     await nursery.start(sup.run)
     await trio.sleep(7.5)
     assert launcher.starts == [0.0, 1.0, 3.0, 7.0]
@@ -350,3 +352,88 @@ async def test_repr_shows_state_and_counts(nursery, autojump_clock):
     assert repr(sup) == "<Supervisor echo COLD leases=0 waiting=0>"
     async with sup.lease():
         assert repr(sup) == "<Supervisor echo READY leases=1 waiting=0>"
+
+
+async def test_attempts_back_off_exactly_then_fail_listing_each(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=30, exit_after=0.5, exit_status=3)
+    sup = supervisor(launcher, startup={"attempts": 4, "delay": "1s", "backoff": 2,
+                                        "max_delay": "3s"}, queue={"timeout": "60s"})
+    await nursery.start(sup.run)
+    with pytest.raises(StartFailed) as caught:
+        async with sup.lease():
+            pass
+    # Attempts at 0; 0.5 + 1; 2.0 + 2; 4.5 + 3 (4, capped): each fails 0.5 s in.
+    assert launcher.starts == [0.0, 1.5, 4.0, 7.5]
+    assert trio.current_time() == 8.0
+    attempts = caught.value.extra["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3, 4]
+    assert {(a["machine"], a["launcher"], a["exit_status"], a["duration_ms"])
+            for a in attempts} == {("local", "FakeLauncher", 3, 500.0)}
+    assert caught.value.detail.startswith("'echo' failed to start (4 attempts): ")
+
+
+async def test_a_later_attempt_that_succeeds_serves_the_waiters(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=2, exit_after=0.5)
+    sup = supervisor(launcher, startup={"attempts": 3, "delay": "1s"})
+    await nursery.start(sup.run)
+
+    async def heal() -> None:
+        await trio.sleep(1)
+        launcher.exit_after = None  # the second attempt, at 1.5, will not crash
+
+    nursery.start_soon(heal)
+    async with sup.lease():
+        assert trio.current_time() == 3.5
+    assert launcher.starts == [0.0, 1.5]
+
+
+async def test_a_failed_backend_answers_at_once_during_its_cool_down(nursery, autojump_clock):
+    launcher = FakeLauncher(spawn_error="boom")
+    sup = supervisor(launcher, startup={"cooldown": "30s"})
+    await nursery.start(sup.run)
+    with pytest.raises(StartFailed):
+        async with sup.lease():
+            pass
+    await trio.sleep(10)
+    with pytest.raises(StartFailed) as caught:
+        async with sup.lease():
+            pass
+    assert trio.current_time() == 10.0  # no waiting, no new attempt
+    assert caught.value.retry_after == 20.0
+    assert caught.value.extra["attempts"][0]["detail"] == "boom"
+    assert launcher.starts == [0.0]
+    await trio.sleep_until(29.5)
+    assert sup.state is State.FAILED
+    await trio.sleep_until(30.5)
+    assert sup.state is State.COLD
+    launcher.spawn_error = None
+    async with sup.lease():  # afresh, never needing a restart of the gateway
+        assert trio.current_time() == 31.5
+    assert launcher.starts == [0.0, 30.5]
+
+
+async def test_a_start_request_skips_the_cool_down(nursery, autojump_clock):
+    launcher = FakeLauncher(spawn_error="boom")
+    sup = supervisor(launcher, startup={"cooldown": "1h"})
+    await nursery.start(sup.run)
+    sup.request_start()
+    await trio.sleep(1)
+    assert sup.state is State.FAILED
+    launcher.spawn_error = None
+    assert sup.request_start() is True
+    await trio.sleep(2)
+    assert sup.state is State.READY
+    assert launcher.starts == [0.0, 1.0]
+
+
+async def test_a_stop_during_the_backoff_cancels_the_start(nursery, autojump_clock):
+    launcher = FakeLauncher(spawn_error="boom")
+    sup = supervisor(launcher, startup={"attempts": 3, "delay": "10s"})
+    await nursery.start(sup.run)
+    sup.request_start()
+    await trio.sleep(5)
+    assert sup.state is State.STARTING
+    assert sup.request_stop() is True
+    await trio.sleep(0.1)
+    assert sup.state is State.COLD
+    assert launcher.starts == [0.0]

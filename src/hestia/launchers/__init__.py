@@ -1,6 +1,39 @@
 """Launchers: how a backend is started and stopped (one protocol, one small module each)."""
 
-from .base import LaunchContext, Launcher, Running
-from .process import ProcessLauncher
+from __future__ import annotations
 
-__all__ = ["LaunchContext", "Launcher", "ProcessLauncher", "Running"]
+from pathlib import Path
+
+from ..config import LauncherConfig
+from .base import LaunchContext, Launcher, Running
+from .command import CommandLauncher
+from .container import ContainerLauncher
+from .external import ExternalLauncher
+from .process import ProcessLauncher
+from .wol import WolLauncher
+
+__all__ = [
+    "CommandLauncher",
+    "ContainerLauncher",
+    "ExternalLauncher",
+    "LaunchContext",
+    "Launcher",
+    "ProcessLauncher",
+    "Running",
+    "WolLauncher",
+    "make_launcher",
+]
+
+
+def make_launcher(config: LauncherConfig, log_path: Path) -> Launcher:
+    """The launcher a configuration asks for; `log_path` is where what it runs writes."""
+    if config.process is not None:
+        return ProcessLauncher(config.process, log_path)
+    if config.command is not None:
+        return CommandLauncher(config.command, log_path)
+    if config.container is not None:
+        return ContainerLauncher(config.container, log_path)
+    if config.wol is not None:
+        return WolLauncher(config.wol, log_path)
+    assert config.external is not None  # LauncherConfig holds exactly one
+    return ExternalLauncher()

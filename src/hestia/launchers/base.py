@@ -22,6 +22,13 @@ class LaunchContext:
     backend: str
     upstream: str
     port: int
+    machine: str = "local"
+
+    def environment(self, action: str) -> dict[str, str]:
+        """The `HESTIA_*` variables every launcher that runs a program passes to it."""
+        return {"HESTIA_SERVICE": self.service, "HESTIA_BACKEND": self.backend,
+                "HESTIA_MACHINE": self.machine, "HESTIA_UPSTREAM": self.upstream,
+                "HESTIA_PORT": str(self.port), "HESTIA_ACTION": action}
 
 
 class Running(Protocol):

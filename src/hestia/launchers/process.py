@@ -1,6 +1,7 @@
-"""The `process` launcher: a local child process in a process group of its own.
+"""The `process` launcher, and the process-group machinery every launcher that runs a program
+shares (`spawn`, `run_bounded`, `ProcessRunning`).
 
-The child gets its own session (`start_new_session`), so its process group holds it and every
+A child gets its own session (`start_new_session`), so its process group holds it and every
 process it spawns; stopping signals the whole group and, after `stop_timeout`, SIGKILLs it. That
 is what leaves no orphan behind, even for a program that ignores SIGTERM or forks helpers.
 The child writes straight into its log file (no pump task in between); the tail is read back
@@ -9,10 +10,12 @@ from the file when a status or a failed start needs it.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -22,11 +25,24 @@ from ..config import ProcessLauncherConfig
 from ..errors import StartFailed
 from .base import LaunchContext
 
-__all__ = ["ProcessLauncher", "ProcessRunning", "read_tail"]
+__all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "rotate_log",
+           "run_bounded", "spawn"]
 
 log = structlog.get_logger("hestia.process")
 
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+def rotate_log(path: Path) -> None:
+    """Make sure `path` can be written; move it to `.log.1` once it passes 10 MiB. Call it once
+    per start, never between a start and its stop, or the start's log offset would point into
+    the rotated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.stat().st_size > _LOG_ROTATE_BYTES:
+            path.replace(path.with_suffix(".log.1"))
+    except FileNotFoundError:
+        pass
 
 
 def read_tail(path: Path, offset: int, lines: int) -> list[str]:
@@ -45,16 +61,30 @@ def read_tail(path: Path, offset: int, lines: int) -> list[str]:
     return text[-lines:]
 
 
+def describe_exit(status: int | None) -> str:
+    """`exited with status 3`, `killed by SIGKILL`, or `ended` when the status is unknown."""
+    if status is None:
+        return "ended"
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
 class ProcessRunning:
     """A started child process and its process group."""
 
-    def __init__(self, process: trio.Process, config: ProcessLauncherConfig, log_path: Path,
-                 log_offset: int) -> None:
+    def __init__(self, process: trio.Process, log_path: Path, log_offset: int, *,
+                 stop_signal: signal.Signals = signal.SIGTERM,
+                 stop_timeout: float = 10.0) -> None:
         self.process = process
         self.pid: int | None = process.pid
-        self._config = config
         self.log_path = log_path
-        self._log_offset = log_offset
+        self.log_offset = log_offset
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
 
     def __repr__(self) -> str:
         return f"<ProcessRunning pid={self.pid} returncode={self.process.returncode}>"
@@ -62,41 +92,93 @@ class ProcessRunning:
     async def wait(self) -> int | None:
         status = await self.process.wait()
         # The leader is gone; whatever it left in its group goes too.
-        self._signal_group(signal.SIGKILL)
+        self.signal_group(signal.SIGKILL)
         return status
 
     async def stop(self) -> None:
         if self.process.returncode is None:
-            self._signal_group(self._config.signal)
-            with trio.move_on_after(self._config.stop_timeout):
+            self.signal_group(self.stop_signal)
+            with trio.move_on_after(self.stop_timeout):
                 await self.process.wait()
         if self.process.returncode is None:
-            log.warning("process_kill", pid=self.pid, after_s=self._config.stop_timeout)
-        self._signal_group(signal.SIGKILL)
+            log.warning("process_kill", pid=self.pid, after_s=self.stop_timeout)
+        self.signal_group(signal.SIGKILL)
         await self.process.wait()
 
-    def _signal_group(self, sig: signal.Signals) -> None:
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Signal the whole process group; a group that is already gone is not an error."""
         try:
             os.killpg(self.process.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
     def describe_exit(self, status: int | None) -> str:
-        if status is None:
-            return "ended"
-        if status < 0:
-            try:
-                return f"killed by {signal.Signals(-status).name}"
-            except ValueError:
-                return f"killed by signal {-status}"
-        return f"exited with status {status}"
+        return describe_exit(status)
 
     def log_tail(self, lines: int = 20) -> list[str]:
-        return read_tail(self.log_path, self._log_offset, lines)
+        return read_tail(self.log_path, self.log_offset, lines)
+
+
+async def spawn(command: Sequence[str], *, service: str, log_path: Path,
+                env: Mapping[str, str], cwd: Path | None = None, action: str = "starting",
+                label: str | None = None, stop_signal: signal.Signals = signal.SIGTERM,
+                stop_timeout: float = 10.0) -> ProcessRunning:
+    """Start `command` as the leader of a new process group, stdin from /dev/null, stdout and
+    stderr appended to `log_path` after a `--- hestia: <action> <service> at …: <label>` line
+    (`label` defaults to the command). The handle's log tail starts after that line.
+
+    Raises `StartFailed` (reason `spawn_failed`) when the program cannot be run at all.
+    """
+    label = " ".join(command) if label is None else label
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log_file.write(f"--- hestia: {action} {service} at {stamp}: {label}\n".encode())
+        log_file.flush()
+        offset = log_file.tell()
+        try:
+            process = await trio.lowlevel.open_process(
+                list(command), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            detail = f"cannot run {command[0]!r}: {exc.strerror or exc}"
+            if exc.filename and str(exc.filename) != command[0]:
+                detail += f" ({exc.filename})"  # e.g. the working directory is missing
+            raise StartFailed(detail, service=service, reason="spawn_failed") from None
+    return ProcessRunning(process, log_path, offset, stop_signal=stop_signal,
+                          stop_timeout=stop_timeout)
+
+
+async def run_bounded(command: Sequence[str], *, service: str, log_path: Path,
+                      env: Mapping[str, str], cwd: Path | None = None,
+                      action: str = "running", label: str | None = None,
+                      timeout: float = math.inf) -> tuple[int | None, ProcessRunning]:
+    """Run a short command (a stop hook, a container CLI call) to its end, as `spawn` does.
+
+    Returns its exit status and its handle (for the log tail). Past `timeout`, or when the
+    caller is cancelled, its whole group is SIGKILLed (the status is then None, or the
+    cancellation propagates): a hung `ssh` must not hold a shielded stop forever. After a normal
+    exit the group is left alone, because a CLI may leave a daemon of its own behind on purpose.
+    Raises `StartFailed` when the program cannot be run.
+    """
+    running = await spawn(command, service=service, log_path=log_path, env=env, cwd=cwd,
+                          action=action, label=label)
+    try:
+        with trio.move_on_after(timeout):
+            return await running.process.wait(), running
+        return None, running
+    finally:
+        if running.process.returncode is None:
+            # Still unreaped, so its pid still names its group: no stranger gets the signal.
+            running.signal_group(signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await running.process.wait()
 
 
 class ProcessLauncher:
     """Starts `config.command` with its output in `log_path`."""
+
+    kind = "process"
 
     def __init__(self, config: ProcessLauncherConfig, log_path: Path) -> None:
         self.config = config
@@ -106,28 +188,9 @@ class ProcessLauncher:
         return f"<ProcessLauncher {self.config.command[0]!r}>"
 
     async def start(self, context: LaunchContext) -> ProcessRunning:
-        env = {**os.environ, **self.config.env,
-               "HESTIA_SERVICE": context.service, "HESTIA_BACKEND": context.backend,
-               "HESTIA_UPSTREAM": context.upstream, "HESTIA_PORT": str(context.port)}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
-                self.log_path.replace(self.log_path.with_suffix(".log.1"))
-        except FileNotFoundError:
-            pass
-        with self.log_path.open("ab") as log_file:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            log_file.write(f"--- hestia: starting {context.service} at {stamp}: "
-                           f"{' '.join(self.config.command)}\n".encode())
-            log_file.flush()
-            offset = log_file.tell()
-            try:
-                process = await trio.lowlevel.open_process(
-                    self.config.command, cwd=self.config.cwd, env=env,
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            except OSError as exc:
-                raise StartFailed(
-                    f"cannot run {self.config.command[0]!r}: {exc.strerror or exc}",
-                    service=context.service, reason="spawn_failed") from None
-        return ProcessRunning(process, self.config, self.log_path, offset)
+        env = {**os.environ, **self.config.env, **context.environment("start")}
+        rotate_log(self.log_path)
+        return await spawn(self.config.command, service=context.service,
+                           log_path=self.log_path, env=env, cwd=self.config.cwd,
+                           stop_signal=self.config.signal,
+                           stop_timeout=self.config.stop_timeout)

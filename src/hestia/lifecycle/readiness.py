@@ -27,6 +27,10 @@ PROBE_TIMEOUT = 5.0
 class Probe(Protocol):
     last_result: str | None
 
+    async def check(self) -> bool:
+        """One probe: is the backend ready now?"""
+        ...
+
     async def wait_ready(self) -> None:
         """Return once the backend is ready; never returns otherwise (the caller times out)."""
         ...
@@ -50,7 +54,7 @@ class TcpProbe:
     def describe(self) -> str:
         return "tcp connect"
 
-    async def _check(self) -> bool:
+    async def check(self) -> bool:
         try:
             conn = await self._pool.connect(PROBE_TIMEOUT)
         except GatewayError as exc:
@@ -61,7 +65,7 @@ class TcpProbe:
         return True
 
     async def wait_ready(self) -> None:
-        await poll_until(self._check, self._cap)
+        await poll_until(self.check, self._cap)
 
 
 class HttpProbe:
@@ -73,7 +77,7 @@ class HttpProbe:
     def describe(self) -> str:
         return f"http GET {self.path}"
 
-    async def _check(self) -> bool:
+    async def check(self) -> bool:
         try:
             status = await fetch_status(self.host, self.port, self.path,
                                         timeout=PROBE_TIMEOUT, tls=self.tls)
@@ -84,7 +88,7 @@ class HttpProbe:
         return 200 <= status < 400
 
     async def wait_ready(self) -> None:
-        await poll_until(self._check, self._cap)
+        await poll_until(self.check, self._cap)
 
 
 class DelayProbe:
@@ -94,6 +98,9 @@ class DelayProbe:
 
     def describe(self) -> str:
         return f"delay {self.delay}s"
+
+    async def check(self) -> bool:
+        return True  # nothing to probe: only the wait says anything
 
     async def wait_ready(self) -> None:
         await trio.sleep(self.delay)

@@ -3,7 +3,9 @@
 ```
  COLD ──lease wanted / start──▶ STARTING ──ready──▶ READY ──idle / stop──▶ STOPPING ──▶ COLD
    ▲                               │                  │
-   └─────── start failed ──────────┘                  └── exited by itself (crash) ──▶ COLD
+   │                every attempt failed              └── exited by itself (crash) ──▶ COLD
+   │                               ▼
+   └──────── cool-down over ─── FAILED   (requests meanwhile: 503 at once, attempts listed)
 ```
 
 Request handlers never look at the state and act on it; they ask for a lease
@@ -58,6 +60,7 @@ class State(enum.Enum):
     STARTING = "STARTING"
     READY = "READY"
     STOPPING = "STOPPING"
+    FAILED = "FAILED"
 
 
 _serials = itertools.count(1)
@@ -127,6 +130,8 @@ class Supervisor:
         self._closing = False
         self._failures = 0
         self._retry_at = math.inf
+        self._failed_until = 0.0
+        self._failure: GatewayError | None = None  # answered while FAILED
 
     def __repr__(self) -> str:
         return (f"<Supervisor {self.name} {self.state.name} leases={len(self._leases)} "
@@ -187,7 +192,7 @@ class Supervisor:
         """Ask for a start without a request. False when already starting or running."""
         if self.state in (State.STARTING, State.READY) or self._closing:
             return False
-        self._start_requested = True
+        self._start_requested = True  # from FAILED too: a person asking skips the cool-down
         self._notify()
         return True
 
@@ -235,6 +240,10 @@ class Supervisor:
         if self._closing:
             raise StartCancelled("the gateway is shutting down", service=self.name,
                                  retry_after=self.retry_after())
+        if self.state is State.FAILED and self._failure is not None:
+            failure = copy.copy(self._failure)
+            failure.retry_after = max(1.0, self._failed_until - trio.current_time())
+            raise failure
         if len(self._waiters) >= self.config.queue.max:
             log.warning("queue_overflow", service=self.name, queue_max=self.config.queue.max,
                         state=self.state.name)
@@ -314,44 +323,38 @@ class Supervisor:
                         await self._changed.wait()
             elif self.state is State.READY:
                 await self._while_ready()
+            elif self.state is State.FAILED:
+                with trio.move_on_at(self._failed_until):
+                    await self._changed.wait()
+                if self._start_requested or trio.current_time() >= self._failed_until:
+                    self._failure = None
+                    self._set_state(State.COLD)
 
     async def _start(self, nursery: trio.Nursery) -> None:
+        """Try `startup.attempts` times with backoff: READY, or FAILED listing every attempt."""
         self._start_requested = False
         self._retry_at = math.inf
         self._exit = None
         self.starts += 1
         self._set_state(State.STARTING)
         began = trio.current_time()
-        log.info("backend_starting", service=self.name, launcher=repr(self.launcher),
-                 attempt=self.starts)
-        context = LaunchContext(self.name, self.backend, self.config.upstream,
-                                self.config.upstream_port)
-        timeout = self.config.readiness.timeout
+        startup = self.config.startup
+        attempts: list[dict[str, Any]] = []
         running: Running | None = None
-        error: GatewayError | None = None
-        ready = False
         with trio.CancelScope() as self._start_scope:
-            try:
-                with trio.fail_after(timeout):
-                    running = self._running = await self.launcher.start(context)
-                    await self._until_ready(running)
-                    ready = True
-            except trio.TooSlowError:
-                error = StartFailed(
-                    f"{self.name!r} was not ready after {timeout}s "
-                    f"(last probe: {self.probe.last_result or 'none'})",
-                    service=self.name, reason="timeout")
-            except StartFailed as exc:
-                error = exc
+            for number in range(1, startup.attempts + 1):
+                if number > 1:
+                    await trio.sleep(min(startup.max_delay,
+                                         startup.delay * startup.backoff ** (number - 2)))
+                running = await self._attempt(number, attempts)
+                if running is not None:
+                    break
+        cancelled = self._start_scope.cancelled_caught
         self._start_scope = None
-        if error is None and not ready:
-            error = StartCancelled(f"the start of {self.name!r} was cancelled",
-                                   service=self.name)
         duration = trio.current_time() - began
-        if error is not None:
-            await self._start_failed(error, running, duration)
+        if running is None or cancelled:
+            await self._start_failed(attempts, duration, cancelled=cancelled)
             return
-        assert running is not None
         self._failures = 0
         self.last_start_duration = duration
         self.ready_since = time.time()
@@ -359,8 +362,59 @@ class Supervisor:
         nursery.start_soon(self._watch_exit, running)
         self._set_state(State.READY)
         log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
-                 waiting=len(self._waiters), pid=running.pid)
+                 attempt=len(attempts) + 1, waiting=len(self._waiters), pid=running.pid)
         self._release_waiters()
+
+    async def _attempt(self, number: int, attempts: list[dict[str, Any]]) -> Running | None:
+        """One attempt: the started backend, or None with the failure added to `attempts`.
+        On cancellation (a stop, the shutdown), `_running` still holds what was started."""
+        context = LaunchContext(self.name, self.backend, self.config.upstream,
+                                self.config.upstream_port)
+        timeout = self.config.readiness.timeout
+        began = trio.current_time()
+        log.info("backend_starting", service=self.name, launcher=self.launcher_kind,
+                 attempt=number)
+        running: Running | None = None
+        try:
+            with trio.fail_after(timeout):
+                running = self._running = await self.launcher.start(context)
+                if getattr(self.launcher, "probe_only", False):
+                    await self._probe_once()
+                else:
+                    await self._until_ready(running)
+            return running
+        except trio.TooSlowError:
+            failure: GatewayError = StartFailed(
+                f"{self.name!r} was not ready after {timeout}s "
+                f"(last probe: {self.probe.last_result or 'none'})",
+                service=self.name, reason="timeout")
+        except StartFailed as exc:
+            failure = exc
+        if running is not None:
+            with trio.CancelScope(shield=True):
+                await running.stop()
+            failure.extra.setdefault("log_tail", running.log_tail(LOG_TAIL_LINES))
+        self._running = None
+        duration = trio.current_time() - began
+        attempts.append({"attempt": number, "machine": "local",
+                         "launcher": self.launcher_kind, "detail": failure.detail,
+                         "duration_ms": round(duration * 1000, 1), **failure.extra})
+        log.warning("start_attempt_failed", service=self.name, attempt=number,
+                    detail=failure.detail, duration_ms=round(duration * 1000, 1),
+                    log_tail=failure.extra.get("log_tail"))
+        return None
+
+    async def _probe_once(self) -> None:
+        """For a backend Hestia does not start: one probe decides, so that a client learns at
+        once that it is not there."""
+        if not await self.probe.check():
+            raise StartFailed(f"{self.name!r} is not reachable "
+                              f"({self.probe.last_result or 'no answer'})",
+                              service=self.name, reason="unreachable")
+
+    @property
+    def launcher_kind(self) -> str:
+        return getattr(self.launcher, "kind", type(self.launcher).__name__)
 
     async def _until_ready(self, running: Running) -> None:
         """Probe until ready; a backend that ends meanwhile fails the start at once."""
@@ -382,28 +436,44 @@ class Supervisor:
                 service=self.name, reason="exited", exit_status=ended[0],
                 log_tail=running.log_tail(LOG_TAIL_LINES))
 
-    async def _start_failed(self, error: GatewayError, running: Running | None,
-                            duration: float) -> None:
-        if running is not None:
+    async def _start_failed(self, attempts: list[dict[str, Any]], duration: float, *,
+                            cancelled: bool) -> None:
+        """Every attempt failed, or the start was cancelled: answer the waiters."""
+        running, self._running = self._running, None
+        if running is not None:  # cancelled in the middle of an attempt
             with trio.CancelScope(shield=True):
                 await running.stop()
-            if "log_tail" not in error.extra:
-                error.extra["log_tail"] = running.log_tail(LOG_TAIL_LINES)
-        self._running = None
+        error: GatewayError
+        if cancelled:
+            error = StartCancelled(f"the start of {self.name!r} was cancelled",
+                                   service=self.name, attempts=attempts)
+        else:
+            last = attempts[-1]
+            plural = "s" if len(attempts) > 1 else ""
+            error = StartFailed(
+                f"{self.name!r} failed to start ({len(attempts)} attempt{plural}): "
+                f"{last['detail']}", service=self.name, attempts=attempts,
+                **{k: last[k] for k in ("reason", "exit_status", "log_tail") if k in last})
         error.retry_after = self.retry_after()
         self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
                            **error.extra}
-        cancelled = isinstance(error, StartCancelled)
         (log.info if cancelled else log.error)(
             "backend_start_cancelled" if cancelled else "backend_start_failed",
-            service=self.name, detail=error.detail, duration_ms=round(duration * 1000, 1),
-            log_tail=error.extra.get("log_tail"))
-        self._set_state(State.COLD)
+            service=self.name, detail=error.detail, attempts=len(attempts),
+            duration_ms=round(duration * 1000, 1))
+        cooldown = self.config.startup.cooldown
+        if cancelled or cooldown <= 0 or self._closing:
+            self._set_state(State.COLD)
+        else:
+            self._failed_until = trio.current_time() + cooldown
+            self._failure = error
+            error.retry_after = cooldown
+            self._set_state(State.FAILED)
         self._fail_waiters(error)
         if self.config.keep_warm and not cancelled and not self._closing:
             self._failures += 1
             delay = min(KEEP_WARM_MAX_BACKOFF, 2.0 ** (self._failures - 1))
-            self._retry_at = trio.current_time() + delay
+            self._retry_at = trio.current_time() + max(delay, cooldown)
 
     async def _watch_exit(self, running: Running) -> None:
         status = await running.wait()
@@ -487,6 +557,7 @@ class Supervisor:
             "serviceId": self.name,
             "state": self.state.name,
             "machineId": "local",
+            "launcher": self.launcher_kind,
             "upstream": self.config.upstream,
             "readiness": {"probe": self.probe.describe(),
                           "ready": self.state is State.READY,
@@ -499,6 +570,8 @@ class Supervisor:
                                     else round(self.last_start_duration * 1000, 1)),
             "lastError": self.last_error and {**self.last_error,
                                               "at": _iso(self.last_error["at"])},
+            "cooldownRemainingS": (round(self._failed_until - trio.current_time(), 3)
+                                   if self.state is State.FAILED else None),
             "idleTimeoutS": self.config.idle_timeout,
             "keepWarm": self.config.keep_warm,
             "pid": running.pid if running is not None else None,
