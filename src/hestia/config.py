@@ -35,10 +35,13 @@ from pydantic import (
 from .errors import ConfigError
 
 __all__ = [
+    "ActivityConfig",
+    "ActivityIgnoreConfig",
     "CommandLauncherConfig",
     "Config",
     "ContainerLauncherConfig",
     "ExternalLauncherConfig",
+    "HealthConfig",
     "LauncherConfig",
     "ProcessLauncherConfig",
     "QueueConfig",
@@ -282,6 +285,28 @@ class StartupConfig(_Model):
     """How long a backend whose start failed stays FAILED (default 5s; 0: COLD at once)."""
 
 
+class ActivityIgnoreConfig(_Model):
+    paths: list[str] = []
+    """Request paths (below the service, e.g. `/health`; a trailing `*` matches a prefix)."""
+    user_agents: list[str] = []
+    """Substrings of `User-Agent` (case-insensitive), e.g. `UptimeRobot`, `kube-probe`."""
+
+
+class ActivityConfig(_Model):
+    """Which requests do not count as use: they never wake a cold backend (503 with
+    `Retry-After` and `"state": "sleeping"`) and never reset its idle timer."""
+
+    ignore: ActivityIgnoreConfig = ActivityIgnoreConfig()
+
+
+class HealthConfig(_Model):
+    """A periodic probe while READY (the readiness probe, again); `failures` failed probes in a
+    row count as a crash: the backend is stopped and goes COLD (keep_warm restarts it)."""
+
+    interval: Duration = Field(default=30.0, gt=0)
+    failures: int = Field(default=3, ge=1)
+
+
 class ServiceConfig(_Model):
     """One service, addressed as `/services/<id>/…`, with its one backend."""
 
@@ -297,6 +322,12 @@ class ServiceConfig(_Model):
     queue: QueueConfig = QueueConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     startup: StartupConfig = StartupConfig()
+    activity: ActivityConfig = ActivityConfig()
+    health: HealthConfig | None = None
+    """Off unless given."""
+    on_restart: Literal["stop", "adopt"] = "stop"
+    """What to do at start with a backend process a previous Hestia launched and left behind
+    (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
 
     @field_validator("upstream")
     @classmethod

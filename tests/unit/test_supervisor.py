@@ -8,7 +8,7 @@ import trio.lowlevel
 
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
 from hestia.lifecycle.supervisor import State
-from tests.fakes import FakeLauncher, supervisor
+from tests.fakes import FakeLauncher, FakeRunning, supervisor
 
 
 async def test_concurrent_requests_to_a_cold_backend_cause_exactly_one_start(
@@ -437,3 +437,17 @@ async def test_a_stop_during_the_backoff_cancels_the_start(nursery, autojump_clo
     await trio.sleep(0.1)
     assert sup.state is State.COLD
     assert launcher.starts == [0.0]
+
+
+async def test_an_adopted_backend_is_ready_at_once_and_idles_out(nursery, autojump_clock):
+    launcher = FakeLauncher()
+    sup = supervisor(launcher, idle_timeout=10)
+    sup.adopt(FakeRunning(launcher, 4242))
+    await nursery.start(sup.run)
+    assert sup.state is State.READY and sup.pid == 4242
+    async with sup.lease():
+        assert trio.current_time() == 0.0
+    await trio.sleep(10.5)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [10.0]
+    assert launcher.starts == []

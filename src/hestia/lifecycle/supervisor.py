@@ -131,6 +131,7 @@ class Supervisor:
         self._failures = 0
         self._retry_at = math.inf
         self._failed_until = 0.0
+        self._adopted: Running | None = None  # to watch once run() has its nursery
         self._failure: GatewayError | None = None  # answered while FAILED
 
     def __repr__(self) -> str:
@@ -208,6 +209,16 @@ class Supervisor:
             self._notify()
             return True
         return False
+
+    def adopt(self, running: Running) -> None:
+        """Before `run()`: take over a backend that is already running and ready (left by a
+        previous Hestia). It starts READY, with its idle timer running from now."""
+        assert self.state is State.COLD and self._running is None
+        self._running = running
+        self._adopted = running
+        self.state = State.READY
+        self.ready_since = time.time()
+        log.info("backend_adopted", service=self.name, pid=running.pid)
 
     def close(self) -> None:
         """Begin shutting down: waiters get 503, the backend is stopped, `run()` returns."""
@@ -301,6 +312,10 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 if self.config.keep_warm:
                     self._start_requested = True
+                if self._adopted is not None:
+                    self._idle_since = trio.current_time()
+                    nursery.start_soon(self._watch_exit, self._adopted)
+                    self._adopted = None
                 task_status.started()
                 await self._loop(nursery)
                 nursery.cancel_scope.cancel()
