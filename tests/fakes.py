@@ -80,9 +80,16 @@ class FakeProbe:
     def __init__(self, launcher: FakeLauncher) -> None:
         self.launcher = launcher
         self.last_result: str | None = None
+        self.healthy = True  # what `check` answers once ready
 
     def describe(self) -> str:
         return "fake"
+
+    async def check(self) -> bool:
+        current = self.launcher.current
+        ready = current is not None and trio.current_time() >= current.ready_at
+        self.last_result = "ok" if ready and self.healthy else "refused"
+        return ready and self.healthy
 
     async def wait_ready(self) -> None:
         assert self.launcher.current is not None

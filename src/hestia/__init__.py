@@ -7,6 +7,7 @@ Start a service when its first request arrives, hold requests while it starts, f
 from .config import Config, load_config, parse_config
 from .errors import (
     BackendCrashed,
+    BackendSleeping,
     BackendUnavailable,
     ConfigError,
     GatewayError,
@@ -26,6 +27,7 @@ from .lifecycle.supervisor import Lease, State, Supervisor
 
 __all__ = [
     "BackendCrashed",
+    "BackendSleeping",
     "BackendUnavailable",
     "Config",
     "ConfigError",

@@ -9,7 +9,8 @@ HestiaError
     │   ├── QueueFull           the backend's hold queue is at `queue.max`
     │   ├── QueueTimeout        waited `queue.timeout` without the backend becoming ready
     │   ├── StartFailed         the start attempt failed (reason, exit status, log tail)
-    │   └── StartCancelled      a stop request or shutdown ended the start
+    │   ├── StartCancelled      a stop request or shutdown ended the start
+    │   └── BackendSleeping     an ignored request (`activity.ignore`) for a backend not READY
     ├── UpstreamError           502
     │   ├── UpstreamUnreachable connection refused / no route / DNS
     │   ├── UpstreamReset       the upstream closed or reset the connection before answering
@@ -29,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "BackendCrashed",
+    "BackendSleeping",
     "BackendUnavailable",
     "ConfigError",
     "GatewayError",
@@ -100,6 +102,10 @@ class StartFailed(BackendUnavailable):
 
 class StartCancelled(BackendUnavailable):
     code = "start_cancelled"
+
+
+class BackendSleeping(BackendUnavailable):
+    code = "backend_sleeping"
 
 
 class UpstreamError(GatewayError):

@@ -358,3 +358,30 @@ async def test_a_kept_alive_connection_the_upstream_closed_is_replaced(start_gat
             await trio.sleep(0.2)
             response = await http.post("/services/up/echo", content=b"once")
             assert response.json()["body"] == "once"
+
+
+async def test_ignored_requests_do_not_wake_the_backend_or_keep_it_awake(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service(
+            idle_timeout="2s",
+            activity={"ignore": {"paths": ["/health", "/status/*"],
+                                 "user_agents": ["UptimeRobot"]}})})
+        supervisor = gateway.supervisors["up"]
+        async with client(gateway) as http:
+            for path, agent in [("/health", "curl"), ("/status/200", "curl"),
+                                ("/echo", "Mozilla/5.0 (compatible; UptimeRobot/2.0)")]:
+                response = await http.get(f"/services/up{path}", headers={"User-Agent": agent})
+                body = assert_error_body(response, 503, "backend_sleeping", "up")
+                assert body["state"] == "sleeping"
+                assert int(response.headers["retry-after"]) >= 1
+            assert supervisor.starts == 0
+
+            assert (await http.get("/services/up/echo")).status_code == 200
+            for _ in range(5):  # while it runs, ignored requests are served like any other
+                assert (await http.get("/services/up/health")).status_code == 200
+            # They keep coming, and the backend still stops once idle: they are not use.
+            while supervisor.state.name == "READY":
+                await http.get("/services/up/health")
+                await trio.sleep(0.05)
+            await wait_for_state(gateway, "up", "COLD")
+            assert supervisor.starts == 1

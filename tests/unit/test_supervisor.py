@@ -8,7 +8,7 @@ import trio.lowlevel
 
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
 from hestia.lifecycle.supervisor import State
-from tests.fakes import FakeLauncher, FakeRunning, supervisor
+from tests.fakes import FakeLauncher, FakeProbe, FakeRunning, supervisor
 
 
 async def test_concurrent_requests_to_a_cold_backend_cause_exactly_one_start(
@@ -451,3 +451,54 @@ async def test_an_adopted_backend_is_ready_at_once_and_idles_out(nursery, autoju
     assert sup.state is State.COLD
     assert launcher.stop_calls == [10.0]
     assert launcher.starts == []
+
+
+async def test_a_passive_request_never_wakes_a_cold_backend(nursery, autojump_clock):
+    launcher = FakeLauncher()
+    sup = supervisor(launcher)
+    await nursery.start(sup.run)
+    assert sup.acquire_nowait(passive=True) is None
+    await trio.sleep(10)
+    assert sup.state is State.COLD
+    assert launcher.starts == []
+
+
+async def test_passive_requests_neither_reset_nor_hold_off_the_idle_timer(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, idle_timeout=10, drain_timeout=30)
+    await nursery.start(sup.run)
+    async with sup.lease():
+        await trio.sleep(1)  # idle from 2
+    passive = sup.acquire_nowait(passive=True)
+    assert passive is not None
+    await trio.sleep_until(5)
+    sup.release(passive)  # a health check at 5 changes nothing
+    passive = sup.acquire_nowait(passive=True)
+    assert passive is not None
+    await trio.sleep_until(12.5)
+    assert sup.state is State.STOPPING  # idle since 2, although a passive request is in flight
+    await trio.sleep_until(20)
+    sup.release(passive)
+    await trio.sleep(0.1)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [20.0]  # the stop let the passive request finish first
+
+
+async def test_failed_health_checks_in_a_row_count_as_a_crash(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, idle_timeout=0, health={"interval": "10s", "failures": 3})
+    await nursery.start(sup.run)
+    async with sup.lease():
+        pass
+    probe = sup.probe
+    assert isinstance(probe, FakeProbe)
+    await trio.sleep_until(15)
+    probe.healthy = False  # checks at 11 (ok), 21, 31, 41 (failed)
+    await trio.sleep_until(40.5)
+    assert sup.state is State.READY
+    await trio.sleep_until(41.5)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [41.0]
+    assert sup.last_error is not None
+    assert "failed 3 health checks in a row (refused)" in sup.last_error["detail"]

@@ -24,7 +24,15 @@ from urllib.parse import unquote
 import structlog
 import trio
 
-from ..errors import GatewayError, UnknownService, UpstreamReset, UpstreamTimeout, error_response
+from ..config import ActivityIgnoreConfig
+from ..errors import (
+    BackendSleeping,
+    GatewayError,
+    UnknownService,
+    UpstreamReset,
+    UpstreamTimeout,
+    error_response,
+)
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
 from .upstream import (
@@ -127,11 +135,36 @@ class _Exchange:
         self.first_byte_deadline = math.inf
 
 
+class _IgnoreRules:
+    """`activity.ignore` of one service, ready to match raw request paths and user agents."""
+
+    __slots__ = ("exact", "prefixes", "agents")
+
+    def __init__(self, config: ActivityIgnoreConfig) -> None:
+        self.exact = {p.encode() for p in config.paths if not p.endswith("*")}
+        self.prefixes = tuple(p[:-1].encode() for p in config.paths if p.endswith("*"))
+        self.agents = tuple(a.lower().encode() for a in config.user_agents)
+
+    def match(self, path: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        if path in self.exact or (self.prefixes and path.startswith(self.prefixes)):
+            return True
+        if self.agents:
+            for name, value in headers:
+                if name == b"user-agent":
+                    agent = value.lower()
+                    return any(a in agent for a in self.agents)
+        return False
+
+
 class ProxyHandler:
     """ASGI handler for every `http` request whose path starts with `/services/`."""
 
     def __init__(self, supervisors: Mapping[str, Supervisor]) -> None:
         self.supervisors = supervisors
+        self._ignore = {name: _IgnoreRules(sup.config.activity.ignore)
+                        for name, sup in supervisors.items()
+                        if sup.config.activity.ignore.paths
+                        or sup.config.activity.ignore.user_agents}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         began = trio.current_time()
@@ -158,7 +191,10 @@ class ProxyHandler:
                                                                         exchange)
             body = _ClientBody(receive, has_body)
             request = request_head(scope["method"].encode(), target, upstream_headers)
-            await self._serve(supervisor, scope, body, send, request, chunked, exchange)
+            rules = self._ignore.get(name)
+            passive = rules is not None and rules.match(b"/" + rest, headers)
+            await self._serve(supervisor, scope, body, send, request, chunked, exchange,
+                              passive)
         except GatewayError as error:
             if error.service is None:
                 error.service = name
@@ -182,9 +218,16 @@ class ProxyHandler:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, supervisor: Supervisor, scope: Scope, body: _ClientBody, send: Send,
-                     request: bytes, chunked: bool, exchange: _Exchange) -> None:
-        lease = supervisor.acquire_nowait()
+                     request: bytes, chunked: bool, exchange: _Exchange,
+                     passive: bool = False) -> None:
+        lease = supervisor.acquire_nowait(passive=passive)
         if lease is None:
+            if passive:
+                # An uptime monitor or health checker must not wake what sleeps.
+                raise BackendSleeping(
+                    f"{supervisor.name!r} is not running, and this request does not wake it "
+                    "(activity.ignore)", service=supervisor.name,
+                    retry_after=supervisor.retry_after(), state="sleeping")
             lease = await self._wait_for_lease(supervisor, body)
         try:
             await self._exchange(supervisor, lease, scope, body, send, request, chunked,

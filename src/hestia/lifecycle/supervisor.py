@@ -71,12 +71,13 @@ class Lease:
     crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
     work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen."""
 
-    __slots__ = ("scope", "error", "serial")
+    __slots__ = ("scope", "error", "serial", "passive")
 
-    def __init__(self) -> None:
+    def __init__(self, passive: bool = False) -> None:
         self.scope: trio.CancelScope | None = None
         self.error: GatewayError | None = None
         self.serial = next(_serials)
+        self.passive = passive  # an ignored request (health checker): not use, not activity
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""
@@ -119,6 +120,7 @@ class Supervisor:
         self.ready_since: float | None = None      # wall clock
         self.starts = 0
         self._leases: set[Lease] = set()
+        self._active = 0  # leases that are not passive: only these hold off the idle timer
         self._waiters: dict[_Waiter, None] = {}
         self._changed = trio.Event()
         self._running: Running | None = None
@@ -131,6 +133,7 @@ class Supervisor:
         self._failures = 0
         self._retry_at = math.inf
         self._failed_until = 0.0
+        self._unhealthy: str | None = None  # why the health check gave up on the backend
         self._adopted: Running | None = None  # to watch once run() has its nursery
         self._failure: GatewayError | None = None  # answered while FAILED
 
@@ -152,10 +155,12 @@ class Supervisor:
     def pid(self) -> int | None:
         return self._running.pid if self._running is not None else None
 
-    def acquire_nowait(self) -> Lease | None:
-        """A lease at once when the backend is READY (the hot path), else None."""
+    def acquire_nowait(self, *, passive: bool = False) -> Lease | None:
+        """A lease at once when the backend is READY (the hot path), else None. A `passive`
+        lease is for a request that does not count as use (an uptime monitor): it neither holds
+        off nor resets the idle timer."""
         if self.state is State.READY and self._stop_requested is None and not self._closing:
-            return self._grant()
+            return self._grant(passive)
         return None
 
     async def acquire(self) -> Lease:
@@ -167,9 +172,16 @@ class Supervisor:
         return self.acquire_nowait() or await self._wait_for_lease()
 
     def release(self, lease: Lease) -> None:
+        if lease not in self._leases:
+            return
         self._leases.discard(lease)
-        self.last_used = time.time()
         if not self._leases:
+            self._notify()  # a stop may be draining
+        if lease.passive:
+            return
+        self._active -= 1
+        self.last_used = time.time()
+        if not self._active:
             self._idle_since = trio.current_time()
             self._notify()
 
@@ -241,10 +253,12 @@ class Supervisor:
         self.state = state
         self._notify()
 
-    def _grant(self) -> Lease:
-        lease = Lease()
+    def _grant(self, passive: bool = False) -> Lease:
+        lease = Lease(passive)
         self._leases.add(lease)
-        self.last_used = time.time()
+        if not passive:
+            self._active += 1
+            self.last_used = time.time()
         return lease
 
     async def _wait_for_lease(self) -> Lease:
@@ -497,6 +511,13 @@ class Supervisor:
             self._notify()
 
     async def _while_ready(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.config.health is not None:
+                nursery.start_soon(self._check_health)
+            await self._serve_until_not_ready()
+            nursery.cancel_scope.cancel()
+
+    async def _serve_until_not_ready(self) -> None:
         while True:
             if self._closing:
                 return
@@ -508,7 +529,7 @@ class Supervisor:
                 return
             deadline = math.inf
             idle_timeout = 0.0 if self.config.keep_warm else self.config.idle_timeout
-            if idle_timeout > 0 and not self._leases:
+            if idle_timeout > 0 and not self._active:
                 deadline = self._idle_since + idle_timeout
                 if trio.current_time() >= deadline:
                     await self._stop("idle")
@@ -516,12 +537,39 @@ class Supervisor:
             with trio.move_on_at(deadline):
                 await self._changed.wait()
 
+    async def _check_health(self) -> None:
+        """While READY: the readiness probe every `health.interval`; `health.failures` failures
+        in a row make the backend count as crashed (stopped, then COLD)."""
+        health = self.config.health
+        assert health is not None
+        failed = 0
+        while True:
+            await trio.sleep(health.interval)
+            if await self.probe.check():
+                failed = 0
+                continue
+            failed += 1
+            log.warning("health_check_failed", service=self.name, failures=failed,
+                        of=health.failures, detail=self.probe.last_result)
+            if failed >= health.failures and self._running is not None:
+                running = self._running
+                with trio.CancelScope(shield=True):
+                    await running.stop()
+                self._exit = (running, None)
+                self._unhealthy = self.probe.last_result or "no answer"
+                self._notify()
+                return
+
     async def _crashed(self) -> None:
         assert self._exit is not None
         running, status = self._exit
         self._exit = None
         self._running = None
         reason = running.describe_exit(status)
+        if self._unhealthy is not None:
+            reason = (f"failed {self.config.health.failures if self.config.health else 0} "
+                      f"health checks in a row ({self._unhealthy}) and was stopped")
+            self._unhealthy = None
         tail = running.log_tail(LOG_TAIL_LINES)
         error = BackendCrashed(f"{self.name!r} {reason} while serving", service=self.name,
                                exit_status=status, log_tail=tail)
