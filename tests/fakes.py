@@ -71,7 +71,7 @@ class FakeLauncher:
     async def start(self, context: LaunchContext) -> FakeRunning:
         self.starts.append(trio.current_time())
         if self.spawn_error:
-            raise StartFailed(self.spawn_error, service=context.service)
+            raise StartFailed(self.spawn_error, service=context.service, reason="spawn_failed")
         self.current = FakeRunning(self, 1000 + len(self.starts))
         return self.current
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -43,6 +44,8 @@ __all__ = [
     "ExternalLauncherConfig",
     "HealthConfig",
     "LauncherConfig",
+    "MachineConfig",
+    "PlacementConfig",
     "ProcessLauncherConfig",
     "QueueConfig",
     "ReadinessConfig",
@@ -307,41 +310,25 @@ class HealthConfig(_Model):
     failures: int = Field(default=3, ge=1)
 
 
-class ServiceConfig(_Model):
-    """One service, addressed as `/services/<id>/…`, with its one backend."""
+def _check_upstream(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("upstream must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("upstream cannot have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on an out-of-range port
+    except ValueError as exc:
+        raise ValueError(f"invalid port: {exc}") from None
+    return value.rstrip("/")
 
-    upstream: str
+
+Upstream = Annotated[str, AfterValidator(_check_upstream)]
+
+
+class _HasUpstream(_Model):
+    upstream: Upstream
     """Base URL of the running service, `http://host:port` (https works too)."""
-    launcher: LauncherConfig
-    readiness: ReadinessConfig = ReadinessConfig()
-    idle_timeout: Duration = 300.0
-    """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
-    keep_warm: bool = False
-    """Start at boot, never stop for idleness (whatever `idle_timeout` says), and start again
-    after a crash or a failed start (with backoff from 1s up to 1m)."""
-    queue: QueueConfig = QueueConfig()
-    timeouts: TimeoutsConfig = TimeoutsConfig()
-    startup: StartupConfig = StartupConfig()
-    activity: ActivityConfig = ActivityConfig()
-    health: HealthConfig | None = None
-    """Off unless given."""
-    on_restart: Literal["stop", "adopt"] = "stop"
-    """What to do at start with a backend process a previous Hestia launched and left behind
-    (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
-
-    @field_validator("upstream")
-    @classmethod
-    def _upstream(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("upstream must be an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("upstream cannot have a query or fragment")
-        try:
-            parts.port  # noqa: B018 - raises on an out-of-range port
-        except ValueError as exc:
-            raise ValueError(f"invalid port: {exc}") from None
-        return value.rstrip("/")
 
     @property
     def upstream_host(self) -> str:
@@ -358,6 +345,50 @@ class ServiceConfig(_Model):
         return urlsplit(self.upstream).path.rstrip("/")
 
 
+class PlacementConfig(_HasUpstream):
+    """A fallback: where else the backend can run, tried when the placements before it failed
+    to start. `readiness` defaults to the service's."""
+
+    machine: str
+    launcher: LauncherConfig
+    readiness: ReadinessConfig | None = None
+
+
+class MachineConfig(_Model):
+    """A machine backends run on. `local` (this one) always exists, and is only skipped after
+    failures when it is declared here."""
+
+    max_failures: int = Field(default=3, ge=1)
+    """After this many failed start attempts in a row on it, the machine is skipped..."""
+    skip_for: Duration = 300.0
+    """... for this long (default 5m); a success resets the count."""
+
+
+class ServiceConfig(_HasUpstream):
+    """One service, addressed as `/services/<id>/…`, with its one backend."""
+
+    launcher: LauncherConfig
+    machine: str = "local"
+    """The machine of the primary placement (`upstream` + `launcher`)."""
+    fallbacks: list[PlacementConfig] = []
+    """Placements tried in order when the primary failed every attempt."""
+    readiness: ReadinessConfig = ReadinessConfig()
+    idle_timeout: Duration = 300.0
+    """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
+    keep_warm: bool = False
+    """Start at boot, never stop for idleness (whatever `idle_timeout` says), and start again
+    after a crash or a failed start (with backoff from 1s up to 1m)."""
+    queue: QueueConfig = QueueConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    startup: StartupConfig = StartupConfig()
+    activity: ActivityConfig = ActivityConfig()
+    health: HealthConfig | None = None
+    """Off unless given."""
+    on_restart: Literal["stop", "adopt"] = "stop"
+    """What to do at start with a backend process a previous Hestia launched and left behind
+    (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
+
+
 class Config(_Model):
     """The whole configuration."""
 
@@ -369,7 +400,22 @@ class Config(_Model):
     """In-flight requests get this long to finish when the gateway shuts down, and when a
     service is stopped through the API (default 10s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    machines: dict[str, MachineConfig] = {}
+    """Machines placements can name; `local` needs no entry."""
     services: dict[str, ServiceConfig] = {}
+
+    @model_validator(mode="after")
+    def _known_machines(self) -> Config:
+        known = {"local", *self.machines}
+        unknown = [
+            f"services.{sid}.{where}: unknown machine {machine!r} (declare it under machines)"
+            for sid, service in self.services.items()
+            for where, machine in [("machine", service.machine)] + [
+                (f"fallbacks[{i}].machine", f.machine) for i, f in enumerate(service.fallbacks)]
+            if machine not in known]
+        if unknown:
+            raise ValueError("; ".join(unknown))
+        return self
 
     @field_validator("data_dir")
     @classmethod

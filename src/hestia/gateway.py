@@ -29,6 +29,7 @@ from hypercorn.trio import serve
 from .config import Config
 from .http.app import create_app
 from .launchers import make_launcher
+from .lifecycle.placement import Machines, Placement
 from .lifecycle.readiness import make_probe
 from .lifecycle.supervisor import Supervisor
 
@@ -54,12 +55,21 @@ class Gateway:
         self._shutdown.set()
 
 
-def build_supervisors(config: Config) -> dict[str, Supervisor]:
+def build_supervisors(config: Config, machines: Machines | None = None,
+                      ) -> dict[str, Supervisor]:
+    machines = machines or Machines(config)
     supervisors: dict[str, Supervisor] = {}
     for name, service in config.services.items():
-        launcher = make_launcher(service.launcher, config.data_dir / "logs" / f"{name}.log")
-        supervisors[name] = Supervisor(name, service, launcher, make_probe(service),
-                                       drain_timeout=config.grace_period)
+        log_path = config.data_dir / "logs" / f"{name}.log"
+        fallbacks = [
+            Placement(f.machine, f.upstream, f.upstream_host, f.upstream_port,
+                      f.upstream_prefix.encode(), make_launcher(f.launcher, log_path),
+                      make_probe(f, f.readiness or service.readiness),
+                      f.readiness or service.readiness)
+            for f in service.fallbacks]
+        supervisors[name] = Supervisor(
+            name, service, make_launcher(service.launcher, log_path), make_probe(service),
+            fallbacks=fallbacks, machines=machines, drain_timeout=config.grace_period)
     return supervisors
 
 
@@ -91,8 +101,9 @@ def _is_loopback(listen: str) -> bool:
 async def run(config: Config, *, handle_signals: bool = True,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
-    supervisors = build_supervisors(config)
-    app = create_app(supervisors)
+    machines = Machines(config)
+    supervisors = build_supervisors(config, machines)
+    app = create_app(supervisors, machines)
     shutdown = trio.Event()
     if not _is_loopback(config.listen):
         log.warning("listening_beyond_loopback", listen=config.listen,

@@ -220,3 +220,37 @@ def test_the_public_surface_is_sorted_and_complete():
     modules = {"config", "errors", "gateway", "lifecycle", "http", "launchers",
                "observability", "defaults", "cli", "demo"}
     assert public - modules == set(hestia.__all__)
+
+
+async def test_a_fallback_serves_when_the_primary_fails_and_machines_can_be_disabled(
+        start_gateway):
+    with trio.fail_after(30):
+        backup = upstream_service()
+        service = upstream_service("--fail-start", "3", startup={"cooldown": 0}, fallbacks=[
+            {"machine": "backup", "upstream": backup["upstream"],
+             "launcher": backup["launcher"]}])
+        gateway = await start_gateway(machines={"backup": {}}, services={"up": service})
+        async with client(gateway) as http:
+            response = await http.get("/services/up/echo")
+            assert response.status_code == 200
+            status = (await http.get("/v1/services/up/status")).json()
+            assert status["machineId"] == "backup"
+            assert status["pid"] == response.json()["pid"]
+            assert status["upstream"] == backup["upstream"]
+            assert [p["machine"] for p in status["placements"]] == ["local", "backup"]
+
+            disabled = await http.post("/v1/machines/backup/disable")
+            assert (disabled.status_code, disabled.json()["enabled"]) == (200, False)
+            await http.post("/v1/services/up/stop")
+            await wait_for_state(gateway, "up", "COLD")
+            response = await http.get("/services/up/echo")
+            assert response.status_code == 503
+            assert [(a["machine"], a["reason"]) for a in response.json()["attempts"]] == [
+                ("local", "exited"), ("backup", "machine_unavailable")]
+            machines = {m["machineId"]: m for m in
+                        (await http.get("/v1/machines")).json()["machines"]}
+            assert machines["backup"]["enabled"] is False
+            assert machines["backup"]["reason"] == "machine 'backup' is disabled"
+            assert (await http.post("/v1/machines/backup/enable")).json()["enabled"] is True
+            assert (await http.get("/services/up/echo")).status_code == 200
+            assert (await http.post("/v1/machines/nope/enable")).status_code == 404

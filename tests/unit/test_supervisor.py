@@ -6,8 +6,10 @@ import pytest
 import trio
 import trio.lowlevel
 
+from hestia.config import ReadinessConfig, parse_config
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
-from hestia.lifecycle.supervisor import State
+from hestia.lifecycle.placement import Machines, Placement
+from hestia.lifecycle.supervisor import State, Supervisor
 from tests.fakes import FakeLauncher, FakeProbe, FakeRunning, supervisor
 
 
@@ -502,3 +504,51 @@ async def test_failed_health_checks_in_a_row_count_as_a_crash(nursery, autojump_
     assert launcher.stop_calls == [41.0]
     assert sup.last_error is not None
     assert "failed 3 health checks in a row (refused)" in sup.last_error["detail"]
+
+
+def _fallback(machine: str, launcher: FakeLauncher) -> Placement:
+    return Placement(machine, "http://127.0.0.1:10", "127.0.0.1", 10, b"", launcher,
+                     FakeProbe(launcher), ReadinessConfig())
+
+
+async def test_fallbacks_are_tried_in_order_after_the_primarys_attempts(nursery, autojump_clock):
+    primary, backup = FakeLauncher(spawn_error="no gpu"), FakeLauncher(start_s=2)
+    machines = Machines(parse_config({"machines": {"backup": {}}}, env={}))
+    sup = supervisor(primary, startup={"attempts": 2, "delay": "1s"})
+    sup = Supervisor("echo", sup.config, primary, sup.probe, machines=machines,
+                     fallbacks=[_fallback("backup", backup)])
+    await nursery.start(sup.run)
+    async with sup.lease():
+        assert trio.current_time() == 3.0  # primary at 0 and 1, backup at 1, ready at 3
+    assert (primary.starts, backup.starts) == ([0.0, 1.0], [1.0])
+    assert sup.status()["machineId"] == "backup"
+
+
+async def test_an_unavailable_machine_is_skipped_and_named_in_the_attempts(
+        nursery, autojump_clock):
+    primary, backup = FakeLauncher(spawn_error="no gpu"), FakeLauncher()
+    machines = Machines(parse_config(
+        {"machines": {"gpu": {"max_failures": 2, "skip_for": "60s"}, "backup": {}}}, env={}))
+    base = supervisor(primary, startup={"cooldown": 0})
+    sup = Supervisor("echo", base.config.model_copy(update={"machine": "gpu"}), primary,
+                     base.probe, machines=machines, fallbacks=[_fallback("backup", backup)])
+    machines.set_enabled("backup", False)
+    await nursery.start(sup.run)
+    for _ in range(2):
+        with pytest.raises(StartFailed) as caught:
+            async with sup.lease():
+                pass
+    assert [(a["machine"], a["reason"]) for a in caught.value.extra["attempts"]] == [
+        ("gpu", "spawn_failed"), ("backup", "machine_unavailable")]
+    # Two failures in a row on gpu: it is skipped now, without an attempt.
+    with pytest.raises(StartFailed) as caught:
+        async with sup.lease():
+            pass
+    assert [a["reason"] for a in caught.value.extra["attempts"]] == [
+        "machine_unavailable", "machine_unavailable"]
+    assert "skipped for 60s more after 2 failed starts in a row" in \
+        caught.value.extra["attempts"][0]["detail"]
+    assert primary.starts == [0.0, 0.0]
+    machines.set_enabled("backup", True)
+    async with sup.lease():
+        assert backup.starts == [0.0]

@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..errors import GatewayError, UnknownService, error_response
+from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..observability import request_id_from
 from .proxy import PREFIX, ProxyHandler
@@ -23,8 +24,10 @@ __all__ = ["create_app"]
 API_MAX_BODY = 1024 * 1024
 
 
-def create_app(supervisors: Mapping[str, Supervisor]) -> QuartTrio:
+def create_app(supervisors: Mapping[str, Supervisor],
+               machines: Machines | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors."""
+    machines = machines or Machines()
     app = QuartTrio("hestia")
     app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -83,7 +86,23 @@ def create_app(supervisors: Mapping[str, Supervisor]) -> QuartTrio:
             services={name: {"url": f"/services/{name}/", "state": sup.state.name}
                       for name, sup in supervisors.items()},
             api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
-                 "/v1/services/{id}/stop", "/__health"])
+                 "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
+                 "/v1/machines/{id}/enable", "/__health"])
+
+    @app.get("/v1/machines")
+    async def list_machines() -> Response:
+        return jsonify(machines=machines.status())
+
+    @app.post("/v1/machines/<machine_id>/<action>")
+    async def enable_machine(machine_id: str, action: str) -> tuple[Response, int]:
+        if action not in ("enable", "disable") or machine_id not in machines:
+            detail = (f"no machine named {machine_id!r}" if machine_id not in machines
+                      else f"unknown action {action!r}: enable or disable")
+            return jsonify(error="not_found", detail=detail, service=None,
+                           request_id=g.get("request_id", "")), 404
+        changed = machines.set_enabled(machine_id, action == "enable")
+        status = next(m for m in machines.status() if m["machineId"] == machine_id)
+        return jsonify(**status, changed=changed), 200
 
     @app.get("/v1/services")
     async def list_services() -> Response:

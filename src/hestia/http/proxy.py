@@ -184,17 +184,12 @@ class ProxyHandler:
             query = scope.get("query_string", b"")
             if query:
                 target += b"?" + query
-            prefix = supervisor.config.upstream_prefix
-            if prefix:
-                target = prefix.encode() + target
-            upstream_headers, chunked, has_body = self._request_headers(scope, supervisor,
-                                                                        exchange)
+            upstream_headers, chunked, has_body = self._request_headers(scope, exchange)
             body = _ClientBody(receive, has_body)
-            request = request_head(scope["method"].encode(), target, upstream_headers)
             rules = self._ignore.get(name)
             passive = rules is not None and rules.match(b"/" + rest, headers)
-            await self._serve(supervisor, scope, body, send, request, chunked, exchange,
-                              passive)
+            await self._serve(supervisor, scope, body, send, target, upstream_headers, chunked,
+                              exchange, passive)
         except GatewayError as error:
             if error.service is None:
                 error.service = name
@@ -218,8 +213,8 @@ class ProxyHandler:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, supervisor: Supervisor, scope: Scope, body: _ClientBody, send: Send,
-                     request: bytes, chunked: bool, exchange: _Exchange,
-                     passive: bool = False) -> None:
+                     target: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
+                     exchange: _Exchange, passive: bool) -> None:
         lease = supervisor.acquire_nowait(passive=passive)
         if lease is None:
             if passive:
@@ -229,6 +224,10 @@ class ProxyHandler:
                     "(activity.ignore)", service=supervisor.name,
                     retry_after=supervisor.retry_after(), state="sleeping")
             lease = await self._wait_for_lease(supervisor, body)
+        # Where the backend runs is known only now (a fallback placement has its own upstream).
+        placement = supervisor.placement
+        request = request_head(scope["method"].encode(), placement.prefix + target,
+                               [*headers, (b"host", placement.host_header)])
         try:
             await self._exchange(supervisor, lease, scope, body, send, request, chunked,
                                  exchange)
@@ -436,10 +435,10 @@ class ProxyHandler:
         return conn
 
     @staticmethod
-    def _request_headers(scope: Scope, supervisor: Supervisor,
+    def _request_headers(scope: Scope,
                          exchange: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
-        """The headers to send upstream, whether the body is to be chunk-encoded, and whether
-        there is a body at all."""
+        """The headers to send upstream (but `Host`, which depends on the placement), whether
+        the body is to be chunk-encoded, and whether there is a body at all."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         dropped = HOP_BY_HOP
         for name, value in headers:
@@ -460,8 +459,6 @@ class ProxyHandler:
                 if name == b"content-length":
                     has_length, length = True, value.strip()
                 out.append((name, value))
-        config = supervisor.config
-        out.append((b"host", f"{config.upstream_host}:{config.upstream_port}".encode()))
         client = scope.get("client")
         if client:
             ip = client[0].encode()

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-from ..config import ServiceConfig
+from ..config import PlacementConfig, ReadinessConfig, ServiceConfig
 from ..errors import GatewayError
 from ..http.upstream import UpstreamPool, fetch_status
 
@@ -107,14 +107,16 @@ class DelayProbe:
         self.last_result = "delay elapsed"
 
 
-def make_probe(service: ServiceConfig) -> Probe:
-    readiness = service.readiness
-    host, port = service.upstream_host, service.upstream_port
-    tls = service.upstream.startswith("https:")
+def make_probe(target: ServiceConfig | PlacementConfig,
+               readiness: ReadinessConfig | None = None) -> Probe:
+    """The probe `readiness` (default: the target's own) describes, aimed at its upstream."""
+    readiness = readiness or target.readiness or ReadinessConfig()
+    host, port = target.upstream_host, target.upstream_port
+    tls = target.upstream.startswith("https:")
     if readiness.kind == "http":
         assert readiness.http is not None
-        return HttpProbe(host, port, service.upstream_prefix + readiness.http, readiness.interval,
-                         tls)
+        return HttpProbe(host, port, target.upstream_prefix + readiness.http,
+                         readiness.interval, tls)
     if readiness.kind == "delay":
         assert readiness.delay is not None
         return DelayProbe(readiness.delay)

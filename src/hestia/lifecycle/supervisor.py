@@ -27,7 +27,7 @@ import enum
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..http.upstream import UpstreamPool
 from ..launchers.base import LaunchContext, Launcher, Running
+from .placement import Machines, Placement
 from .readiness import Probe
 
 __all__ = ["Lease", "State", "Supervisor"]
@@ -104,15 +105,15 @@ class Supervisor:
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
+                 fallbacks: Sequence[Placement] = (), machines: Machines | None = None,
                  backend: str = "default", drain_timeout: float = 10.0) -> None:
         self.name = name
         self.backend = backend
         self.config = config
-        self.launcher = launcher
-        self.probe = probe
+        self.placements = [Placement.primary(config, launcher, probe), *fallbacks]
+        self.placement = self.placements[0]  # the one running, or last tried
+        self.machines = machines or Machines()
         self.drain_timeout = drain_timeout
-        self.pool = UpstreamPool(config.upstream_host, config.upstream_port,
-                                 tls=config.upstream.startswith("https:"))
         self.state = State.COLD
         self.last_used: float | None = None        # wall clock, for people
         self.last_error: dict[str, Any] | None = None
@@ -142,6 +143,18 @@ class Supervisor:
                 f"waiting={len(self._waiters)}>")
 
     # --- what callers use ---------------------------------------------------------------------
+
+    @property
+    def launcher(self) -> Launcher:
+        return self.placement.launcher
+
+    @property
+    def probe(self) -> Probe:
+        return self.placement.probe
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.placement.pool
 
     @property
     def in_flight(self) -> int:
@@ -371,11 +384,24 @@ class Supervisor:
         attempts: list[dict[str, Any]] = []
         running: Running | None = None
         with trio.CancelScope() as self._start_scope:
-            for number in range(1, startup.attempts + 1):
-                if number > 1:
-                    await trio.sleep(min(startup.max_delay,
-                                         startup.delay * startup.backoff ** (number - 2)))
-                running = await self._attempt(number, attempts)
+            for placement in self.placements:
+                skip = self.machines.unavailable(placement.machine)
+                if skip is not None:
+                    attempts.append({"attempt": 0, "machine": placement.machine,
+                                     "launcher": _kind(placement.launcher), "detail": skip,
+                                     "reason": "machine_unavailable", "duration_ms": 0.0})
+                    log.warning("placement_skipped", service=self.name,
+                                machine=placement.machine, detail=skip)
+                    continue
+                self.placement = placement
+                for number in range(1, startup.attempts + 1):
+                    if number > 1:
+                        await trio.sleep(min(startup.max_delay,
+                                             startup.delay * startup.backoff ** (number - 2)))
+                    running = await self._attempt(number, attempts)
+                    self.machines.record(placement.machine, ok=running is not None)
+                    if running is not None:
+                        break
                 if running is not None:
                     break
         cancelled = self._start_scope.cancelled_caught
@@ -397,12 +423,13 @@ class Supervisor:
     async def _attempt(self, number: int, attempts: list[dict[str, Any]]) -> Running | None:
         """One attempt: the started backend, or None with the failure added to `attempts`.
         On cancellation (a stop, the shutdown), `_running` still holds what was started."""
-        context = LaunchContext(self.name, self.backend, self.config.upstream,
-                                self.config.upstream_port)
-        timeout = self.config.readiness.timeout
+        placement = self.placement
+        context = LaunchContext(self.name, self.backend, placement.upstream, placement.port,
+                                placement.machine)
+        timeout = placement.readiness.timeout
         began = trio.current_time()
         log.info("backend_starting", service=self.name, launcher=self.launcher_kind,
-                 attempt=number)
+                 machine=placement.machine, attempt=number)
         running: Running | None = None
         try:
             with trio.fail_after(timeout):
@@ -423,12 +450,14 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 await running.stop()
             failure.extra.setdefault("log_tail", running.log_tail(LOG_TAIL_LINES))
+        failure.extra.setdefault("reason", "start_failed")
         self._running = None
         duration = trio.current_time() - began
-        attempts.append({"attempt": number, "machine": "local",
+        attempts.append({"attempt": number, "machine": placement.machine,
                          "launcher": self.launcher_kind, "detail": failure.detail,
                          "duration_ms": round(duration * 1000, 1), **failure.extra})
-        log.warning("start_attempt_failed", service=self.name, attempt=number,
+        log.warning("start_attempt_failed", service=self.name, machine=placement.machine,
+                    attempt=number,
                     detail=failure.detail, duration_ms=round(duration * 1000, 1),
                     log_tail=failure.extra.get("log_tail"))
         return None
@@ -443,7 +472,7 @@ class Supervisor:
 
     @property
     def launcher_kind(self) -> str:
-        return getattr(self.launcher, "kind", type(self.launcher).__name__)
+        return _kind(self.launcher)
 
     async def _until_ready(self, running: Running) -> None:
         """Probe until ready; a backend that ends meanwhile fails the start at once."""
@@ -477,7 +506,9 @@ class Supervisor:
             error = StartCancelled(f"the start of {self.name!r} was cancelled",
                                    service=self.name, attempts=attempts)
         else:
-            last = attempts[-1]
+            # The summary names the last real failure, not a machine that was skipped.
+            last = next((a for a in reversed(attempts) if a["reason"] != "machine_unavailable"),
+                        attempts[-1])
             plural = "s" if len(attempts) > 1 else ""
             error = StartFailed(
                 f"{self.name!r} failed to start ({len(attempts)} attempt{plural}): "
@@ -619,9 +650,11 @@ class Supervisor:
         return {
             "serviceId": self.name,
             "state": self.state.name,
-            "machineId": "local",
+            "machineId": self.placement.machine if running is not None else None,
             "launcher": self.launcher_kind,
-            "upstream": self.config.upstream,
+            "upstream": self.placement.upstream,
+            "placements": [{"machine": p.machine, "upstream": p.upstream,
+                            "launcher": _kind(p.launcher)} for p in self.placements],
             "readiness": {"probe": self.probe.describe(),
                           "ready": self.state is State.READY,
                           "lastResult": self.probe.last_result},
@@ -642,6 +675,10 @@ class Supervisor:
             "logTail": running.log_tail(LOG_TAIL_LINES) if running is not None else
             (self.last_error or {}).get("log_tail", []),
         }
+
+
+def _kind(launcher: Launcher) -> str:
+    return getattr(launcher, "kind", type(launcher).__name__)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -1,0 +1,111 @@
+"""Placements (where a backend can run) and machines (which of them are in rotation).
+
+A backend has an ordered list of placements: the primary (the service's own `upstream`,
+`launcher`, `machine`) and its `fallbacks`. A start tries each in order, each `startup.attempts`
+times, skipping a placement whose machine is out of rotation: disabled by a person
+(`POST /v1/machines/{id}/disable`), or skipped for `skip_for` after `max_failures` failed
+attempts in a row on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..config import Config, MachineConfig, ReadinessConfig, ServiceConfig
+from ..http.upstream import UpstreamPool
+from ..launchers.base import Launcher
+from .readiness import Probe
+
+__all__ = ["Machines", "Placement"]
+
+
+@dataclass(eq=False)
+class Placement:
+    machine: str
+    upstream: str
+    host: str
+    port: int
+    prefix: bytes
+    launcher: Launcher
+    probe: Probe
+    readiness: ReadinessConfig
+    pool: UpstreamPool = field(init=False)
+    host_header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = UpstreamPool(self.host, self.port, tls=self.upstream.startswith("https:"))
+        self.host_header = f"{self.host}:{self.port}".encode()
+
+    @classmethod
+    def primary(cls, service: ServiceConfig, launcher: Launcher, probe: Probe) -> Placement:
+        return cls(service.machine, service.upstream, service.upstream_host,
+                   service.upstream_port, service.upstream_prefix.encode(), launcher, probe,
+                   service.readiness)
+
+
+class _Machine:
+    __slots__ = ("id", "config", "skips", "enabled", "failures", "skip_until", "last_failure")
+
+    def __init__(self, machine_id: str, config: MachineConfig, skips: bool = True) -> None:
+        self.id = machine_id
+        self.config = config
+        self.skips = skips  # the implicit `local` is never skipped: it is often the only one
+        self.enabled = True
+        self.failures = 0          # failed attempts in a row
+        self.skip_until = 0.0      # trio clock
+        self.last_failure: float | None = None  # wall clock
+
+
+class Machines:
+    """The machines of a configuration, and whether each is in rotation."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        machines = dict(config.machines) if config is not None else {}
+        self._machines = {mid: _Machine(mid, mc) for mid, mc in machines.items()}
+        if "local" not in self._machines:
+            self._machines["local"] = _Machine("local", MachineConfig(), skips=False)
+
+    def __contains__(self, machine_id: str) -> bool:
+        return machine_id in self._machines
+
+    def unavailable(self, machine_id: str) -> str | None:
+        """Why a start must not be tried on this machine now, or None."""
+        machine = self._machines[machine_id]
+        if not machine.enabled:
+            return f"machine {machine_id!r} is disabled"
+        remaining = machine.skip_until - trio.current_time()
+        if remaining > 0:
+            return (f"machine {machine_id!r} is skipped for {remaining:.0f}s more after "
+                    f"{machine.config.max_failures} failed starts in a row")
+        return None
+
+    def record(self, machine_id: str, *, ok: bool) -> None:
+        machine = self._machines[machine_id]
+        if ok:
+            machine.failures = 0
+            return
+        machine.failures += 1
+        machine.last_failure = time.time()
+        if machine.skips and machine.failures >= machine.config.max_failures:
+            machine.skip_until = trio.current_time() + machine.config.skip_for
+            machine.failures = 0
+
+    def set_enabled(self, machine_id: str, enabled: bool) -> bool:
+        """False when the machine was already so."""
+        machine = self._machines[machine_id]
+        if machine.enabled == enabled:
+            return False
+        machine.enabled = enabled
+        if enabled:
+            machine.skip_until = 0.0
+        return True
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"machineId": m.id, "enabled": m.enabled, "available": self.unavailable(m.id)
+                 is None, "reason": self.unavailable(m.id), "failuresInARow": m.failures,
+                 "maxFailures": m.config.max_failures, "skipForS": m.config.skip_for}
+                for m in self._machines.values()]
