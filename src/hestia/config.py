@@ -42,6 +42,7 @@ __all__ = [
     "Config",
     "ContainerLauncherConfig",
     "ExternalLauncherConfig",
+    "GroupConfig",
     "HealthConfig",
     "LauncherConfig",
     "MachineConfig",
@@ -364,6 +365,13 @@ class MachineConfig(_Model):
     """... for this long (default 5m); a success resets the count."""
 
 
+class GroupConfig(_Model):
+    """An exclusive group: at most `max_running` of its members run at once (one GPU, several
+    models). Starting one more stops the least recently used idle member first."""
+
+    max_running: int = Field(default=1, ge=1)
+
+
 class ServiceConfig(_HasUpstream):
     """One service, addressed as `/services/<id>/…`, with its one backend."""
 
@@ -372,6 +380,8 @@ class ServiceConfig(_HasUpstream):
     """The machine of the primary placement (`upstream` + `launcher`)."""
     fallbacks: list[PlacementConfig] = []
     """Placements tried in order when the primary failed every attempt."""
+    group: str | None = None
+    """The exclusive group this backend belongs to (declared under `groups`)."""
     readiness: ReadinessConfig = ReadinessConfig()
     idle_timeout: Duration = 300.0
     """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
@@ -395,13 +405,14 @@ class Config(_Model):
     listen: str = "127.0.0.1:8080"
     """`host:port` to serve on (default loopback only). `[::1]:8080` for IPv6."""
     data_dir: Path = Field(default=Path("~/.local/share/hestia"), validate_default=True)
-    """Where process logs (and later the database) live; `~` is expanded."""
+    """Where backend logs (`logs/`) and process records (`run/`) live; `~` is expanded."""
     grace_period: Duration = 10.0
     """In-flight requests get this long to finish when the gateway shuts down, and when a
     service is stopped through the API (default 10s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     machines: dict[str, MachineConfig] = {}
     """Machines placements can name; `local` needs no entry."""
+    groups: dict[str, GroupConfig] = {}
     services: dict[str, ServiceConfig] = {}
 
     @model_validator(mode="after")
@@ -413,6 +424,9 @@ class Config(_Model):
             for where, machine in [("machine", service.machine)] + [
                 (f"fallbacks[{i}].machine", f.machine) for i, f in enumerate(service.fallbacks)]
             if machine not in known]
+        unknown += [f"services.{sid}.group: unknown group {service.group!r} (declare it under "
+                    "groups)" for sid, service in self.services.items()
+                    if service.group is not None and service.group not in self.groups]
         if unknown:
             raise ValueError("; ".join(unknown))
         return self

@@ -8,6 +8,10 @@ run(config)                         root nursery
       └─ HTTP server                hypercorn's trio worker serving the Quart-Trio app
 ```
 
+Before any of that runs, `recover` deals with what a previous Hestia that was killed left
+running (lifecycle/recovery.py): every backend process is recorded under `<data_dir>/run/` while
+it runs, and a leftover is stopped, or adopted by its supervisor (`on_restart: adopt`).
+
 Shutdown order: the server stops accepting and gives in-flight requests `grace_period` to
 finish; then every supervisor stops its backend (stop signal, then SIGKILL to the process group);
 then `run` returns. A backend that was never started is left alone.
@@ -29,8 +33,11 @@ from hypercorn.trio import serve
 from .config import Config
 from .http.app import create_app
 from .launchers import make_launcher
+from .lifecycle.groups import Group
 from .lifecycle.placement import Machines, Placement
 from .lifecycle.readiness import make_probe
+from .lifecycle.recovery import recover
+from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
 
 __all__ = ["Gateway", "build_supervisors", "run"]
@@ -58,18 +65,24 @@ class Gateway:
 def build_supervisors(config: Config, machines: Machines | None = None,
                       ) -> dict[str, Supervisor]:
     machines = machines or Machines(config)
+    groups = {name: Group(name, g.max_running) for name, g in config.groups.items()}
     supervisors: dict[str, Supervisor] = {}
     for name, service in config.services.items():
         log_path = config.data_dir / "logs" / f"{name}.log"
+        # One record per service: whichever placement runs it, only one runs at a time.
+        record = record_path(config.data_dir, name)
         fallbacks = [
             Placement(f.machine, f.upstream, f.upstream_host, f.upstream_port,
-                      f.upstream_prefix.encode(), make_launcher(f.launcher, log_path),
+                      f.upstream_prefix.encode(), make_launcher(f.launcher, log_path, record),
                       make_probe(f, f.readiness or service.readiness),
                       f.readiness or service.readiness)
             for f in service.fallbacks]
         supervisors[name] = Supervisor(
-            name, service, make_launcher(service.launcher, log_path), make_probe(service),
-            fallbacks=fallbacks, machines=machines, drain_timeout=config.grace_period)
+            name, service, make_launcher(service.launcher, log_path, record),
+            make_probe(service),
+            fallbacks=fallbacks, machines=machines,
+            group=groups[service.group] if service.group is not None else None,
+            drain_timeout=config.grace_period)
     return supervisors
 
 
@@ -114,9 +127,19 @@ async def run(config: Config, *, handle_signals: bool = True,
         with trio.CancelScope() as stop_now:
             if handle_signals:
                 root.start_soon(_watch_signals, shutdown, stop_now)
+            # Before the server listens and before any backend starts: a leftover may still
+            # hold its upstream's port. Shielded, like every stop of a backend: it is bounded
+            # (a probe window plus the largest stop_timeout), and what it adopts must reach a
+            # supervisor, which stops it again on the way out.
+            with trio.CancelScope(shield=True):
+                await recover(config, supervisors)
             async with trio.open_nursery() as backends:
-                for supervisor in supervisors.values():
-                    await backends.start(supervisor.run)
+                # Shielded too: a second signal arriving here must not keep a later supervisor
+                # (and the backend it adopted) from ever running. `run` reports started() at
+                # once, and a cancelled supervisor stops its backend before it returns.
+                with trio.CancelScope(shield=True):
+                    for supervisor in supervisors.values():
+                        await backends.start(supervisor.run)
                 urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
                                                     shutdown, list(supervisors.values())))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))

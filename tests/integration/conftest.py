@@ -5,7 +5,9 @@ These tests use the real clock; each is bounded by an outer `trio.fail_after`.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import yaml
 
 from hestia import Gateway, parse_config, run
 
@@ -81,3 +84,76 @@ def assert_error_body(response: httpx.Response, status: int, error: str, service
     assert body["request_id"] == response.headers["x-request-id"]
     assert body["detail"]
     return body
+
+
+# --- `hestia serve` as a real subprocess ------------------------------------------------
+
+
+def hestia_process(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hestia", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def stop_process(gateway: subprocess.Popen) -> tuple[str, str]:
+    """After a test, failed or not: SIGTERM first, so that the gateway stops its backends;
+    SIGKILL only if it does not exit (which would orphan them)."""
+    if gateway.poll() is None:
+        gateway.terminate()
+        try:
+            return gateway.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+    return gateway.communicate()
+
+
+async def wait_http(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                await http.get(url)
+                return
+            except httpx.TransportError:
+                await trio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.stderr = ""
+
+    async def wait_exit(self) -> None:
+        while self.process.poll() is None:
+            await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serve_file(tmp_path: Path, service: dict, **top: object) -> AsyncIterator[Served]:
+    """`hestia serve -c FILE` in a subprocess, with one service `up`; stopped on the way out
+    (its stderr then in `.stderr`)."""
+    port = free_port()
+    config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
+              "services": {"up": service}, **top}
+    path = tmp_path / "hestia.yml"
+    path.write_text(yaml.safe_dump(config))
+    served = Served(hestia_process("serve", "-c", str(path), "--log-format", "json"),
+                    f"http://127.0.0.1:{port}")
+    try:
+        with trio.fail_after(60):
+            await wait_http(f"{served.url}/__health")
+        yield served
+    finally:
+        _, served.stderr = stop_process(served.process)

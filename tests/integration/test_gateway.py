@@ -6,15 +6,21 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
 import trio
-import yaml
 
-from .conftest import client, free_port, upstream_service, wait_for_state
+from .conftest import (
+    alive,
+    client,
+    free_port,
+    hestia_process,
+    serve_file,
+    stop_process,
+    upstream_service,
+    wait_for_state,
+    wait_http,
+)
 
 
 async def test_the_api_shows_and_controls_services(start_gateway):
@@ -66,90 +72,21 @@ async def test_the_api_shows_and_controls_services(start_gateway):
             assert unknown_route.json()["request_id"] == "api-1"
 
 
-def _hestia(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hestia", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def _stop(gateway: subprocess.Popen) -> tuple[str, str]:
-    """After a test, failed or not: SIGTERM first, so that the gateway stops its backends;
-    SIGKILL only if it does not exit (which would orphan them)."""
-    if gateway.poll() is None:
-        gateway.terminate()
-        try:
-            return gateway.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-    return gateway.communicate()
-
-
-async def _wait_http(url: str) -> None:
-    async with httpx.AsyncClient() as http:
-        while True:
-            try:
-                await http.get(url)
-                return
-            except httpx.TransportError:
-                await trio.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; only its parent has not reaped it yet.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-class _Served:
-    def __init__(self, process: subprocess.Popen, url: str) -> None:
-        self.process = process
-        self.url = url
-        self.stderr = ""
-
-    async def wait_exit(self) -> None:
-        while self.process.poll() is None:
-            await trio.sleep(0.05)
-
-
-@asynccontextmanager
-async def _serve_file(tmp_path: Path, service: dict, **top: object) -> AsyncIterator[_Served]:
-    """`hestia serve -c FILE` in a subprocess, with one service `up`; stopped on the way out
-    (its stderr then in `.stderr`)."""
-    port = free_port()
-    config = {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path / "data"),
-              "services": {"up": service}, **top}
-    path = tmp_path / "hestia.yml"
-    path.write_text(yaml.safe_dump(config))
-    served = _Served(_hestia("serve", "-c", str(path), "--log-format", "json"),
-                     f"http://127.0.0.1:{port}")
-    try:
-        with trio.fail_after(60):
-            await _wait_http(f"{served.url}/__health")
-        yield served
-    finally:
-        _, served.stderr = _stop(served.process)
-
-
 async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
     service = upstream_service("--ignore-sigterm", "--spawn-child")
     service["launcher"]["process"]["stop_timeout"] = "500ms"
-    async with _serve_file(tmp_path, service, grace_period="1s") as served:
+    async with serve_file(tmp_path, service, grace_period="1s") as served:
         with trio.fail_after(60):
             async with httpx.AsyncClient(base_url=served.url) as http:
                 pid = (await http.get("/services/up/echo")).json()["pid"]
             log = (tmp_path / "data" / "logs" / "up.log").read_text()
             child = int(log.split("child-pid ")[1].split()[0])
-            assert _alive(pid) and _alive(child)
+            assert alive(pid) and alive(child)
             served.process.send_signal(signal.SIGTERM)
             await served.wait_exit()
     assert served.process.returncode == 0, served.stderr
-    assert not _alive(pid)
-    assert not _alive(child)
+    assert not alive(pid)
+    assert not alive(child)
     assert '"event": "backend_stopped"' in served.stderr
     assert '"reason": "shutdown"' in served.stderr
     # It ignored SIGTERM, so its process group got SIGKILL.
@@ -159,7 +96,7 @@ async def test_sigterm_stops_the_gateway_and_leaves_no_process_behind(tmp_path):
 async def test_repeated_signals_still_stop_every_backend(tmp_path):
     service = upstream_service("--ignore-sigterm")
     service["launcher"]["process"]["stop_timeout"] = "1s"
-    async with _serve_file(tmp_path, service) as served:
+    async with serve_file(tmp_path, service) as served:
         with trio.fail_after(60):
             async with httpx.AsyncClient(base_url=served.url) as http:
                 pid = (await http.get("/services/up/echo")).json()["pid"]
@@ -168,7 +105,7 @@ async def test_repeated_signals_still_stop_every_backend(tmp_path):
                 await trio.sleep(0.1)
             await served.wait_exit()
     assert served.process.returncode == 0, served.stderr
-    assert not _alive(pid)
+    assert not alive(pid)
     assert '"event": "gateway_stopping_now"' in served.stderr
     assert '"event": "gateway_already_stopping"' in served.stderr
 
@@ -177,12 +114,12 @@ async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
     port, demo_port = free_port(), free_port()
     env = {**os.environ, "DEMO_UPSTREAM": f"http://127.0.0.1:{demo_port}",
            "DEMO_IDLE_TIMEOUT": "1s", "DEMO_START_DELAY": "0.2", "HOME": str(tmp_path)}
-    gateway = _hestia("serve", "--listen", f"127.0.0.1:{port}", "--log-format", "json",
+    gateway = hestia_process("serve", "--listen", f"127.0.0.1:{port}", "--log-format", "json",
                       env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         with trio.fail_after(60):
-            await _wait_http(f"{base}/__health")
+            await wait_http(f"{base}/__health")
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
                 hello = (await http.get("/services/demo/")).json()
                 assert hello["hello"] == "from the demo service"
@@ -195,7 +132,7 @@ async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
             while gateway.poll() is None:
                 await trio.sleep(0.05)
     finally:
-        _, stderr = _stop(gateway)
+        _, stderr = stop_process(gateway)
     assert gateway.returncode == 0, stderr
     events = [e for e in ("backend_starting", "backend_ready", "backend_stopped")
               if f'"event": "{e}"' in stderr]
@@ -254,3 +191,23 @@ async def test_a_fallback_serves_when_the_primary_fails_and_machines_can_be_disa
             assert (await http.post("/v1/machines/backup/enable")).json()["enabled"] is True
             assert (await http.get("/services/up/echo")).status_code == 200
             assert (await http.post("/v1/machines/nope/enable")).status_code == 404
+
+
+async def test_two_services_in_an_exclusive_group_take_turns(start_gateway):
+    with trio.fail_after(60):
+        gateway = await start_gateway(groups={"gpu": {"max_running": 1}}, services={
+            "llama": upstream_service(group="gpu"), "mistral": upstream_service(group="gpu")})
+        async with client(gateway) as http:
+            pids = []
+            for name in ["llama", "mistral", "llama", "mistral"]:
+                response = await http.get(f"/services/{name}/echo")
+                assert response.status_code == 200
+                pids.append(response.json()["pid"])
+                running = [s for s, sup in gateway.supervisors.items()
+                           if sup.state.name != "COLD"]
+                assert running == [name]
+                if len(pids) > 1:
+                    assert not alive(pids[-2])  # the other one was stopped to make room
+            assert len(set(pids)) == 4  # each turn is a fresh start
+            status = (await http.get("/v1/services/mistral/status")).json()
+            assert (status["group"], status["starts"]) == ("gpu", 2)

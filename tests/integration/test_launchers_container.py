@@ -29,6 +29,7 @@ from hestia.errors import StartFailed
 from hestia.launchers.base import LaunchContext
 from hestia.launchers.container import ContainerLauncher
 from hestia.lifecycle.readiness import HttpProbe
+from hestia.lifecycle.registry import read_record
 from tests.fake_container_cli import create_container, process_gone
 
 from .conftest import UPSTREAM_APP, client, free_port
@@ -123,6 +124,23 @@ async def test_run_removes_a_leftover_then_keeps_the_image_in_the_foreground(tmp
     ]
     assert process_gone(container["pid"]) and process_gone(container["run_pid"])
     assert fake_cli.container("ollama") is None  # --rm
+
+
+async def test_only_the_foreground_run_is_recorded_for_recovery_until_it_is_stopped(
+        tmp_path, fake_cli):
+    port, record = free_port(), tmp_path / "run" / "svc.json"
+    web = ContainerLauncher(ContainerLauncherConfig(name="web", image="web",
+                                                    args=[*APP, "--port", str(port)]),
+                            tmp_path / "logs" / "svc.log", record)
+    with trio.fail_after(20):
+        running = await web.start(context(port))
+        await ready(port)
+        recorded = read_record(record)
+        assert recorded is not None
+        assert (recorded.pid, recorded.launcher) == (running.pid, "container")
+        assert recorded.command[1:4] == ["run", "--rm", "--name"]  # not the `rm -f` before it
+        await running.stop()
+    assert not record.exists()
 
 
 async def test_a_container_that_exits_while_ready_ends_the_backend_with_its_status(

@@ -8,6 +8,7 @@ import trio.lowlevel
 
 from hestia.config import ReadinessConfig, parse_config
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
+from hestia.lifecycle.groups import Group
 from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.supervisor import State, Supervisor
 from tests.fakes import FakeLauncher, FakeProbe, FakeRunning, supervisor
@@ -552,3 +553,71 @@ async def test_an_unavailable_machine_is_skipped_and_named_in_the_attempts(
     machines.set_enabled("backup", True)
     async with sup.lease():
         assert backup.starts == [0.0]
+
+
+def _members(group: Group, **launchers: FakeLauncher) -> dict[str, Supervisor]:
+    members = {}
+    for name, launcher in launchers.items():
+        base = supervisor(launcher)
+        members[name] = Supervisor(name, base.config, launcher, base.probe, group=group)
+    return members
+
+
+async def test_a_full_group_evicts_an_idle_member_and_members_take_turns(
+        nursery, autojump_clock):
+    group = Group("gpu", max_running=1)
+    a, b = FakeLauncher(start_s=1, stop_s=2), FakeLauncher(start_s=1)
+    members = _members(group, a=a, b=b)
+    for member in members.values():
+        await nursery.start(member.run)
+    async with members["a"].lease():
+        assert trio.current_time() == 1.0
+    await trio.sleep_until(5)
+    async with members["b"].lease():
+        # a is stopped first (5 → 7), then b starts (7 → 8).
+        assert trio.current_time() == 8.0
+        assert members["a"].state is State.COLD
+    await trio.sleep_until(10)
+    async with members["a"].lease():  # and back: b is evicted (at once), a starts again
+        assert trio.current_time() == 11.0
+    assert a.stop_calls == [5.0] and b.stop_calls == [10.0]
+    assert a.starts == [0.0, 10.0] and b.starts == [7.0]
+
+
+async def test_a_busy_member_is_never_cut_off_the_start_waits(nursery, autojump_clock):
+    group = Group("gpu", max_running=1)
+    a, b = FakeLauncher(start_s=1), FakeLauncher(start_s=1)
+    members = _members(group, a=a, b=b)
+    for member in members.values():
+        await nursery.start(member.run)
+
+    async def long_request() -> None:
+        async with members["a"].lease():
+            await trio.sleep_until(10)  # a stream from 1 to 10
+
+    nursery.start_soon(long_request)
+    await trio.sleep_until(5)
+    async with members["b"].lease():
+        assert trio.current_time() == 11.0  # a evicted once idle at 10, b ready at 11
+    assert a.stop_calls == [10.0]
+
+
+async def test_the_least_recently_used_member_is_evicted(nursery, autojump_clock):
+    group = Group("gpu", max_running=2)
+    launchers = {name: FakeLauncher(start_s=1) for name in "abc"}
+    members = _members(group, **launchers)
+    for member in members.values():
+        await nursery.start(member.run)
+    async with members["a"].lease():
+        pass
+    async with members["b"].lease():
+        pass
+    await trio.sleep_until(3)
+    async with members["a"].lease():  # a is now the most recently used
+        pass
+    await trio.sleep_until(5)
+    async with members["c"].lease():
+        assert trio.current_time() == 6.0
+    assert launchers["b"].stop_calls == [5.0]
+    assert launchers["a"].stop_calls == []
+    assert {m.name for m in group.holders} == {"a", "c"}

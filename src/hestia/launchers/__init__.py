@@ -25,14 +25,18 @@ __all__ = [
 ]
 
 
-def make_launcher(config: LauncherConfig, log_path: Path) -> Launcher:
-    """The launcher a configuration asks for; `log_path` is where what it runs writes."""
+def make_launcher(config: LauncherConfig, log_path: Path,
+                  record_path: Path | None = None) -> Launcher:
+    """The launcher a configuration asks for; `log_path` is where what it runs writes, and
+    `record_path` where the process it keeps running is recorded for recovery after a crash
+    (lifecycle/registry.py; None: not recorded). Only the launchers that keep a local process
+    running as the backend use it."""
     if config.process is not None:
-        return ProcessLauncher(config.process, log_path)
+        return ProcessLauncher(config.process, log_path, record_path)
     if config.command is not None:
-        return CommandLauncher(config.command, log_path)
+        return CommandLauncher(config.command, log_path, record_path)
     if config.container is not None:
-        return ContainerLauncher(config.container, log_path)
+        return ContainerLauncher(config.container, log_path, record_path)
     if config.wol is not None:
         return WolLauncher(config.wol, log_path)
     assert config.external is not None  # LauncherConfig holds exactly one

@@ -27,7 +27,7 @@ import trio
 from ..config import CommandLauncherConfig
 from ..errors import StartFailed
 from .base import LaunchContext
-from .process import ProcessRunning, describe_exit, rotate_log, run_bounded, spawn
+from .process import ProcessRunning, describe_exit, record_slot, rotate_log, run_bounded, spawn
 
 __all__ = ["CommandLauncher", "CommandRunning"]
 
@@ -60,10 +60,13 @@ class CommandRunning:
         status = await self._start.process.wait()
         if status == 0:
             # Started elsewhere. Whatever the command left in its group (`serve &`) is the
-            # backend now, so the group is not signalled either.
+            # backend now, so the group is not signalled either. Its record goes: without its
+            # leader it could not be told from a stranger's group that reused the pid.
+            self._start.forget()
             await trio.sleep_forever()
         # A failed (or crashed) start command leaves nothing of its group behind.
         self._start.signal_group(signal.SIGKILL)
+        self._start.forget()
         return status
 
     async def stop(self) -> None:
@@ -117,9 +120,11 @@ class CommandLauncher:
 
     kind = "command"
 
-    def __init__(self, config: CommandLauncherConfig, log_path: Path) -> None:
+    def __init__(self, config: CommandLauncherConfig, log_path: Path,
+                 record_path: Path | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.record_path = record_path
 
     def __repr__(self) -> str:
         return f"<CommandLauncher {self.config.start!r}>"
@@ -131,5 +136,7 @@ class CommandLauncher:
         rotate_log(self.log_path)
         running = await spawn([_SHELL, "-c", self.config.start], service=context.service,
                               log_path=self.log_path, env=env, cwd=self.config.cwd,
-                              label=self.config.start, stop_timeout=self.config.stop_timeout)
+                              label=self.config.start, stop_timeout=self.config.stop_timeout,
+                              record=record_slot(self.record_path, context, self.kind,
+                                                 self.config))
         return CommandRunning(running, self.config, context, self.log_path)

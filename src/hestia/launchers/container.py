@@ -25,7 +25,15 @@ import trio
 from ..config import ContainerLauncherConfig
 from ..errors import StartFailed
 from .base import LaunchContext
-from .process import ProcessRunning, describe_exit, read_tail, rotate_log, run_bounded, spawn
+from .process import (
+    ProcessRunning,
+    describe_exit,
+    read_tail,
+    record_slot,
+    rotate_log,
+    run_bounded,
+    spawn,
+)
 
 __all__ = ["ContainerLauncher", "ContainerRunning"]
 
@@ -123,9 +131,11 @@ class ContainerLauncher:
 
     kind = "container"
 
-    def __init__(self, config: ContainerLauncherConfig, log_path: Path) -> None:
+    def __init__(self, config: ContainerLauncherConfig, log_path: Path,
+                 record_path: Path | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.record_path = record_path
 
     def __repr__(self) -> str:
         what = self.config.image or "existing"
@@ -158,5 +168,6 @@ class ContainerLauncher:
                 *config.args]
         run = await spawn([runtime, *argv], service=context.service, log_path=self.log_path,
                           env=cli.env("start"), label=" ".join([config.runtime, *argv]),
-                          stop_timeout=config.stop_timeout)
+                          stop_timeout=config.stop_timeout,
+                          record=record_slot(self.record_path, context, self.kind, config))
         return ContainerRunning(cli, run, run.log_offset)

@@ -6,6 +6,11 @@ process it spawns; stopping signals the whole group and, after `stop_timeout`, S
 is what leaves no orphan behind, even for a program that ignores SIGTERM or forks helpers.
 The child writes straight into its log file (no pump task in between); the tail is read back
 from the file when a status or a failed start needs it.
+
+A process that stays running as the backend is spawned with `record=`: it is written to the
+registry (lifecycle/registry.py), and its handle removes the record once `wait` or `stop` has seen
+the process group gone. That record is what lets the next Hestia stop (or adopt) it should this
+one be killed. Short commands (`run_bounded`) are not recorded: they end with their caller.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from pathlib import Path
 
 import structlog
 import trio
+from pydantic import BaseModel
 
 from ..config import ProcessLauncherConfig
 from ..errors import StartFailed
+from ..lifecycle.registry import Record, RecordSlot, fingerprint, forget, record_spawned
 from .base import LaunchContext
 
-__all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "rotate_log",
-           "run_bounded", "spawn"]
+__all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "record_slot",
+           "rotate_log", "run_bounded", "spawn"]
 
 log = structlog.get_logger("hestia.process")
 
@@ -61,6 +68,15 @@ def read_tail(path: Path, offset: int, lines: int) -> list[str]:
     return text[-lines:]
 
 
+def record_slot(path: Path | None, context: LaunchContext, launcher: str,
+                config: BaseModel) -> RecordSlot | None:
+    """What a launcher passes to `spawn(record=…)`: None when it was built without a registry
+    path (tests, tools), so that nothing is recorded."""
+    if path is None:
+        return None
+    return RecordSlot(path, context.upstream, context.machine, launcher, fingerprint(config))
+
+
 def describe_exit(status: int | None) -> str:
     """`exited with status 3`, `killed by SIGKILL`, or `ended` when the status is unknown."""
     if status is None:
@@ -78,13 +94,14 @@ class ProcessRunning:
 
     def __init__(self, process: trio.Process, log_path: Path, log_offset: int, *,
                  stop_signal: signal.Signals = signal.SIGTERM,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, record: tuple[Path, Record] | None = None) -> None:
         self.process = process
         self.pid: int | None = process.pid
         self.log_path = log_path
         self.log_offset = log_offset
         self.stop_signal = stop_signal
         self.stop_timeout = stop_timeout
+        self._record = record
 
     def __repr__(self) -> str:
         return f"<ProcessRunning pid={self.pid} returncode={self.process.returncode}>"
@@ -93,6 +110,7 @@ class ProcessRunning:
         status = await self.process.wait()
         # The leader is gone; whatever it left in its group goes too.
         self.signal_group(signal.SIGKILL)
+        self.forget()
         return status
 
     async def stop(self) -> None:
@@ -104,6 +122,15 @@ class ProcessRunning:
             log.warning("process_kill", pid=self.pid, after_s=self.stop_timeout)
         self.signal_group(signal.SIGKILL)
         await self.process.wait()
+        self.forget()
+
+    def forget(self) -> None:
+        """Remove the registry record, if any: call it once the group is gone (or, after a
+        command launcher's start command exited 0, no longer this handle's business)."""
+        if self._record is not None:
+            path, record = self._record
+            self._record = None
+            forget(path, record.pid, record.start_time)
 
     def signal_group(self, sig: signal.Signals) -> None:
         """Signal the whole process group; a group that is already gone is not an error."""
@@ -122,10 +149,13 @@ class ProcessRunning:
 async def spawn(command: Sequence[str], *, service: str, log_path: Path,
                 env: Mapping[str, str], cwd: Path | None = None, action: str = "starting",
                 label: str | None = None, stop_signal: signal.Signals = signal.SIGTERM,
-                stop_timeout: float = 10.0) -> ProcessRunning:
+                stop_timeout: float = 10.0, record: RecordSlot | None = None) -> ProcessRunning:
     """Start `command` as the leader of a new process group, stdin from /dev/null, stdout and
     stderr appended to `log_path` after a `--- hestia: <action> <service> at …: <label>` line
     (`label` defaults to the command). The handle's log tail starts after that line.
+
+    With `record`, the group is written to the registry at `record.path` (see the module
+    docstring); a record that cannot be written is logged, not raised.
 
     Raises `StartFailed` (reason `spawn_failed`) when the program cannot be run at all.
     """
@@ -145,8 +175,14 @@ async def spawn(command: Sequence[str], *, service: str, log_path: Path,
             if exc.filename and str(exc.filename) != command[0]:
                 detail += f" ({exc.filename})"  # e.g. the working directory is missing
             raise StartFailed(detail, service=service, reason="spawn_failed") from None
+    recorded = None
+    if record is not None:
+        entry = record_spawned(record, service=service, pid=process.pid, command=list(command),
+                               stop_signal=stop_signal.name, stop_timeout=stop_timeout,
+                               log_path=log_path, log_offset=offset)
+        recorded = (record.path, entry) if entry is not None else None
     return ProcessRunning(process, log_path, offset, stop_signal=stop_signal,
-                          stop_timeout=stop_timeout)
+                          stop_timeout=stop_timeout, record=recorded)
 
 
 async def run_bounded(command: Sequence[str], *, service: str, log_path: Path,
@@ -180,9 +216,11 @@ class ProcessLauncher:
 
     kind = "process"
 
-    def __init__(self, config: ProcessLauncherConfig, log_path: Path) -> None:
+    def __init__(self, config: ProcessLauncherConfig, log_path: Path,
+                 record_path: Path | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.record_path = record_path
 
     def __repr__(self) -> str:
         return f"<ProcessLauncher {self.config.command[0]!r}>"
@@ -193,4 +231,5 @@ class ProcessLauncher:
         return await spawn(self.config.command, service=context.service,
                            log_path=self.log_path, env=env, cwd=self.config.cwd,
                            stop_signal=self.config.signal,
-                           stop_timeout=self.config.stop_timeout)
+                           stop_timeout=self.config.stop_timeout,
+                           record=record_slot(self.record_path, context, self.kind, self.config))

@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..http.upstream import UpstreamPool
 from ..launchers.base import LaunchContext, Launcher, Running
+from .groups import Group
 from .placement import Machines, Placement
 from .readiness import Probe
 
@@ -106,13 +107,15 @@ class Supervisor:
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
                  fallbacks: Sequence[Placement] = (), machines: Machines | None = None,
-                 backend: str = "default", drain_timeout: float = 10.0) -> None:
+                 group: Group | None = None, backend: str = "default",
+                 drain_timeout: float = 10.0) -> None:
         self.name = name
         self.backend = backend
         self.config = config
         self.placements = [Placement.primary(config, launcher, probe), *fallbacks]
         self.placement = self.placements[0]  # the one running, or last tried
         self.machines = machines or Machines()
+        self.group = group
         self.drain_timeout = drain_timeout
         self.state = State.COLD
         self.last_used: float | None = None        # wall clock, for people
@@ -157,6 +160,14 @@ class Supervisor:
         return self.placement.pool
 
     @property
+    def busy(self) -> bool:
+        return bool(self._leases)
+
+    @property
+    def stop_pending(self) -> str | None:
+        return self._stop_requested
+
+    @property
     def in_flight(self) -> int:
         return len(self._leases)
 
@@ -190,6 +201,8 @@ class Supervisor:
         self._leases.discard(lease)
         if not self._leases:
             self._notify()  # a stop may be draining
+            if self.group is not None:
+                self.group.notify()  # a start in the group may be waiting for an idle member
         if lease.passive:
             return
         self._active -= 1
@@ -265,6 +278,8 @@ class Supervisor:
     def _set_state(self, state: State) -> None:
         self.state = state
         self._notify()
+        if self.group is not None and state in (State.COLD, State.FAILED):
+            self.group.release(self)
 
     def _grant(self, passive: bool = False) -> Lease:
         lease = Lease(passive)
@@ -384,6 +399,8 @@ class Supervisor:
         attempts: list[dict[str, Any]] = []
         running: Running | None = None
         with trio.CancelScope() as self._start_scope:
+            if self.group is not None:
+                await self.group.acquire(self)
             for placement in self.placements:
                 skip = self.machines.unavailable(placement.machine)
                 if skip is not None:
@@ -668,6 +685,7 @@ class Supervisor:
                                               "at": _iso(self.last_error["at"])},
             "cooldownRemainingS": (round(self._failed_until - trio.current_time(), 3)
                                    if self.state is State.FAILED else None),
+            "group": self.group.name if self.group is not None else None,
             "idleTimeoutS": self.config.idle_timeout,
             "keepWarm": self.config.keep_warm,
             "pid": running.pid if running is not None else None,
