@@ -211,3 +211,37 @@ async def test_two_services_in_an_exclusive_group_take_turns(start_gateway):
             assert len(set(pids)) == 4  # each turn is a fresh start
             status = (await http.get("/v1/services/mistral/status")).json()
             assert (status["group"], status["starts"]) == ("gpu", 2)
+
+
+async def test_every_placement_failing_is_one_503_naming_each_attempt(start_gateway):
+    with trio.fail_after(30):
+        backup = upstream_service("--fail-start", "4")
+        service = upstream_service("--fail-start", "3", startup={"attempts": 2, "delay": "50ms"},
+                                   fallbacks=[{"machine": "backup",
+                                               "upstream": backup["upstream"],
+                                               "launcher": backup["launcher"]}])
+        gateway = await start_gateway(machines={"backup": {}}, services={"up": service})
+        async with client(gateway) as http:
+            response = await http.get("/services/up/echo")
+            assert response.status_code == 503
+            body = response.json()
+            assert [(a["machine"], a["attempt"], a["exit_status"]) for a in body["attempts"]] \
+                == [("local", 1, 3), ("local", 2, 3), ("backup", 1, 4), ("backup", 2, 4)]
+            assert all("fatal: simulated start failure" in a["log_tail"]
+                       for a in body["attempts"])
+            assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_keep_warm_restarts_after_a_crash_without_a_request(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service(keep_warm=True)})
+        supervisor = gateway.supervisors["up"]
+        await wait_for_state(gateway, "up", "READY")  # started at boot, no request
+        first = supervisor.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        while supervisor.pid in (first, None) or supervisor.state.name != "READY":
+            await trio.sleep(0.01)
+        assert supervisor.starts == 2
+        assert supervisor.last_error is not None
+        assert supervisor.last_error["error"] == "backend_crashed"
