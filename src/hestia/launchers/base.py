@@ -8,10 +8,13 @@ launcher's business: the supervisor probes the upstream.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["LaunchContext", "Launcher", "Running"]
+import trio
+
+__all__ = ["LaunchContext", "Launcher", "Running", "StopOnce"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +62,28 @@ class Launcher(Protocol):
     """Starts a backend. Raises `StartFailed` when it cannot even begin (e.g. no such program)."""
 
     async def start(self, context: LaunchContext) -> Running: ...
+
+
+class StopOnce:
+    """Runs a `Running`'s stop at most once: a second caller (the protocol allows several)
+    waits for the first instead of running the stop again — stopping a remote machine twice
+    only produces a failed ssh."""
+
+    __slots__ = ("begun", "done")
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.done = trio.Event()
+
+    async def __call__(self, stop: Callable[[], Awaitable[None]]) -> None:
+        if self.begun:
+            await self.done.wait()
+            return
+        self.begun = True
+        try:
+            await stop()
+        finally:
+            self.done.set()
+
+    def state(self, otherwise: str) -> str:
+        return "stopped" if self.done.is_set() else "stopping" if self.begun else otherwise

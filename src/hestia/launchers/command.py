@@ -26,7 +26,7 @@ import trio
 
 from ..config import CommandLauncherConfig
 from ..errors import StartFailed
-from .base import LaunchContext
+from .base import LaunchContext, StopOnce
 from .process import ProcessRunning, describe_exit, record_slot, rotate_log, run_bounded, spawn
 
 __all__ = ["CommandLauncher", "CommandRunning"]
@@ -46,14 +46,11 @@ class CommandRunning:
         self._config = config
         self._context = context
         self._log_path = log_path
-        # A second `stop` waits for the first instead of running the stop command twice.
-        self._stopping = False
-        self._stopped = trio.Event()
+        self._stop_once = StopOnce()
 
     def __repr__(self) -> str:
         status = self._start.process.returncode
-        state = ("stopped" if self._stopped.is_set() else "stopping" if self._stopping
-                 else "running" if status is None else f"exited {status}")
+        state = self._stop_once.state("running" if status is None else f"exited {status}")
         return f"<CommandRunning {self._context.service} pid={self.pid} {state}>"
 
     async def wait(self) -> int | None:
@@ -72,20 +69,16 @@ class CommandRunning:
     async def stop(self) -> None:
         """Stop the start command's group if it still runs, then run the stop command, if
         any. Never raises for a failing stop command (it is logged as `command_stop_failed`)."""
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        try:
-            # After a 0 exit the group is the backend started elsewhere: the stop command's
-            # business. Otherwise SIGTERM, then SIGKILL after stop_timeout (or at once if the
-            # leader already ended), as the process launcher does.
-            if self._start.process.returncode != 0:
-                await self._start.stop()
-            if self._config.stop is not None:
-                await self._run_stop(self._config.stop)
-        finally:
-            self._stopped.set()
+        await self._stop_once(self._stop_now)
+
+    async def _stop_now(self) -> None:
+        # After a 0 exit the group is the backend started elsewhere: the stop command's
+        # business. Otherwise SIGTERM, then SIGKILL after stop_timeout (or at once if the
+        # leader already ended), as the process launcher does.
+        if self._start.process.returncode != 0:
+            await self._start.stop()
+        if self._config.stop is not None:
+            await self._run_stop(self._config.stop)
 
     async def _run_stop(self, command: str) -> None:
         service = self._context.service

@@ -24,7 +24,7 @@ import trio
 
 from ..config import ContainerLauncherConfig
 from ..errors import StartFailed
-from .base import LaunchContext
+from .base import LaunchContext, StopOnce
 from .process import (
     ProcessRunning,
     describe_exit,
@@ -90,9 +90,7 @@ class ContainerRunning:
         self._cli = cli
         self._run = run
         self._log_offset = log_offset
-        # A second `stop` waits for the first instead of calling the CLI twice.
-        self._stopping = False
-        self._stopped = trio.Event()
+        self._stop_once = StopOnce()
 
     def __repr__(self) -> str:
         mode = "detached" if self._run is None else f"pid={self.pid}"
@@ -106,18 +104,14 @@ class ContainerRunning:
 
     async def stop(self) -> None:
         """Never raises for a failing `RUNTIME stop` (it is logged as `container_stop_failed`)."""
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        try:
-            # A foreground `run` that already ended took its `--rm` container with it.
-            if self._run is None or self._run.process.returncode is None:
-                await self._cli.stop()
-            if self._run is not None:
-                await self._run.stop()
-        finally:
-            self._stopped.set()
+        await self._stop_once(self._stop_now)
+
+    async def _stop_now(self) -> None:
+        # A foreground `run` that already ended took its `--rm` container with it.
+        if self._run is None or self._run.process.returncode is None:
+            await self._cli.stop()
+        if self._run is not None:
+            await self._run.stop()
 
     def describe_exit(self, status: int | None) -> str:
         return describe_exit(status)

@@ -23,7 +23,7 @@ import trio
 
 from ..config import WolLauncherConfig
 from ..errors import StartFailed
-from .base import LaunchContext
+from .base import LaunchContext, StopOnce
 from .process import describe_exit, read_tail, run_bounded
 
 __all__ = ["WolLauncher", "WolRunning", "build_magic_packet"]
@@ -62,13 +62,10 @@ class WolRunning:
         self._context = context
         self.log_path = log_path
         self._log_offset = log_offset
-        # A second `stop` (the protocol allows several) waits for the first instead of running
-        # the command again: powering a machine off twice only produces a failed ssh.
-        self._stopping = False
-        self._stopped = trio.Event()
+        self._stop_once = StopOnce()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped.is_set() else "stopping" if self._stopping else "woken"
+        state = self._stop_once.state("woken")
         return f"<WolRunning {self._context.service} mac={self._config.mac} {state}>"
 
     async def wait(self) -> int | None:
@@ -77,17 +74,13 @@ class WolRunning:
 
     async def stop(self) -> None:
         """Run the stop command, if any; never raises (a failure is logged)."""
-        if self._stopping:
-            await self._stopped.wait()
+        await self._stop_once(self._stop_now)
+
+    async def _stop_now(self) -> None:
+        if self._config.stop is None:
+            log.info("wol_no_stop", service=self._context.service, mac=self._config.mac)
             return
-        self._stopping = True
-        try:
-            if self._config.stop is None:
-                log.info("wol_no_stop", service=self._context.service, mac=self._config.mac)
-                return
-            await self._run_stop(self._config.stop)
-        finally:
-            self._stopped.set()
+        await self._run_stop(self._config.stop)
 
     async def _run_stop(self, command: str) -> None:
         service = self._context.service
