@@ -14,14 +14,17 @@ from typing import Protocol
 import trio
 
 from ..config import PlacementConfig, ReadinessConfig, ServiceConfig
-from ..errors import GatewayError
+from ..errors import GatewayError, StartFailed
 from ..http.upstream import UpstreamPool, fetch_status
+from ..launchers.base import Running
 
-__all__ = ["DelayProbe", "HttpProbe", "Probe", "TcpProbe", "make_probe", "poll_until"]
+__all__ = ["DelayProbe", "HttpProbe", "Probe", "TcpProbe", "make_probe", "poll_until",
+           "probe_once", "until_ready"]
 
 FIRST_INTERVAL = 0.002
 GROWTH = 1.5
 PROBE_TIMEOUT = 5.0
+LOG_TAIL_LINES = 20
 
 
 class Probe(Protocol):
@@ -121,3 +124,33 @@ def make_probe(target: ServiceConfig | PlacementConfig,
         assert readiness.delay is not None
         return DelayProbe(readiness.delay)
     return TcpProbe(host, port, readiness.interval)
+
+
+async def until_ready(service: str, running: Running, probe: Probe) -> None:
+    """Probe until ready; a backend that ends meanwhile fails the start at once.
+    Raises `StartFailed` (reason `exited`)."""
+    ended: list[int | None] = []
+    async with trio.open_nursery() as race:
+        async def watch() -> None:
+            ended.append(await running.wait())
+            race.cancel_scope.cancel()
+
+        async def wait_ready() -> None:
+            await probe.wait_ready()
+            race.cancel_scope.cancel()
+
+        race.start_soon(watch)
+        race.start_soon(wait_ready)
+    if ended:
+        raise StartFailed(
+            f"{service!r} {running.describe_exit(ended[0])} while starting",
+            service=service, reason="exited", exit_status=ended[0],
+            log_tail=running.log_tail(LOG_TAIL_LINES))
+
+
+async def probe_once(service: str, probe: Probe) -> None:
+    """For a backend Hestia does not start: one probe decides, so that a client learns at once
+    that it is not there. Raises `StartFailed` (reason `unreachable`)."""
+    if not await probe.check():
+        raise StartFailed(f"{service!r} is not reachable ({probe.last_result or 'no answer'})",
+                          service=service, reason="unreachable")

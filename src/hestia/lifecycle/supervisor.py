@@ -23,8 +23,6 @@ wanted and wake that task.
 from __future__ import annotations
 
 import copy
-import enum
-import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -46,60 +44,15 @@ from ..errors import (
 from ..http.upstream import UpstreamPool
 from ..launchers.base import LaunchContext, Launcher, Running
 from .groups import Group
+from .leases import Lease, State, _Waiter
 from .placement import Machines, Placement
-from .readiness import Probe
+from .readiness import LOG_TAIL_LINES, Probe, probe_once, until_ready
 
 __all__ = ["Lease", "State", "Supervisor"]
 
 log = structlog.get_logger("hestia.supervisor")
 
 KEEP_WARM_MAX_BACKOFF = 60.0
-LOG_TAIL_LINES = 20
-
-
-class State(enum.Enum):
-    COLD = "COLD"
-    STARTING = "STARTING"
-    READY = "READY"
-    STOPPING = "STOPPING"
-    FAILED = "FAILED"
-
-
-_serials = itertools.count(1)
-
-
-class Lease:
-    """Held by a request while it uses the backend. The supervisor can revoke it (the backend
-    crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
-    work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen."""
-
-    __slots__ = ("scope", "error", "serial", "passive")
-
-    def __init__(self, passive: bool = False) -> None:
-        self.scope: trio.CancelScope | None = None
-        self.error: GatewayError | None = None
-        self.serial = next(_serials)
-        self.passive = passive  # an ignored request (health checker): not use, not activity
-
-    def bind(self, scope: trio.CancelScope) -> None:
-        """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""
-        self.scope = scope
-        if self.error is not None:
-            scope.cancel()
-
-    def revoke(self, error: GatewayError) -> None:
-        self.error = error
-        if self.scope is not None:
-            self.scope.cancel()
-
-
-class _Waiter:
-    __slots__ = ("event", "lease", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.lease: Lease | None = None
-        self.error: GatewayError | None = None
 
 
 class Supervisor:
@@ -452,9 +405,9 @@ class Supervisor:
             with trio.fail_after(timeout):
                 running = self._running = await self.launcher.start(context)
                 if getattr(self.launcher, "probe_only", False):
-                    await self._probe_once()
+                    await probe_once(self.name, self.probe)
                 else:
-                    await self._until_ready(running)
+                    await until_ready(self.name, running, self.probe)
             return running
         except trio.TooSlowError:
             failure: GatewayError = StartFailed(
@@ -479,37 +432,9 @@ class Supervisor:
                     log_tail=failure.extra.get("log_tail"))
         return None
 
-    async def _probe_once(self) -> None:
-        """For a backend Hestia does not start: one probe decides, so that a client learns at
-        once that it is not there."""
-        if not await self.probe.check():
-            raise StartFailed(f"{self.name!r} is not reachable "
-                              f"({self.probe.last_result or 'no answer'})",
-                              service=self.name, reason="unreachable")
-
     @property
     def launcher_kind(self) -> str:
         return _kind(self.launcher)
-
-    async def _until_ready(self, running: Running) -> None:
-        """Probe until ready; a backend that ends meanwhile fails the start at once."""
-        ended: list[int | None] = []
-        async with trio.open_nursery() as race:
-            async def watch() -> None:
-                ended.append(await running.wait())
-                race.cancel_scope.cancel()
-
-            async def probe() -> None:
-                await self.probe.wait_ready()
-                race.cancel_scope.cancel()
-
-            race.start_soon(watch)
-            race.start_soon(probe)
-        if ended:
-            raise StartFailed(
-                f"{self.name!r} {running.describe_exit(ended[0])} while starting",
-                service=self.name, reason="exited", exit_status=ended[0],
-                log_tail=running.log_tail(LOG_TAIL_LINES))
 
     async def _start_failed(self, attempts: list[dict[str, Any]], duration: float, *,
                             cancelled: bool) -> None:

@@ -1,0 +1,57 @@
+"""What a supervisor hands out and tracks: its states, leases, and hold-queue waiters."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+
+import trio
+
+from ..errors import GatewayError
+
+__all__ = ["Lease", "State"]
+
+
+class State(enum.Enum):
+    COLD = "COLD"
+    STARTING = "STARTING"
+    READY = "READY"
+    STOPPING = "STOPPING"
+    FAILED = "FAILED"
+
+
+_serials = itertools.count(1)
+
+
+class Lease:
+    """Held by a request while it uses the backend. The supervisor can revoke it (the backend
+    crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
+    work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen."""
+
+    __slots__ = ("scope", "error", "serial", "passive")
+
+    def __init__(self, passive: bool = False) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.error: GatewayError | None = None
+        self.serial = next(_serials)
+        self.passive = passive  # an ignored request (health checker): not use, not activity
+
+    def bind(self, scope: trio.CancelScope) -> None:
+        """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""
+        self.scope = scope
+        if self.error is not None:
+            scope.cancel()
+
+    def revoke(self, error: GatewayError) -> None:
+        self.error = error
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class _Waiter:
+    __slots__ = ("event", "lease", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.lease: Lease | None = None
+        self.error: GatewayError | None = None
