@@ -343,3 +343,31 @@ async def test_a_gateway_restarted_with_on_restart_adopt_serves_on_with_the_same
     finally:
         kill_group(orphan, start_time)
     assert '"event": "backend_adopted_after_restart"' in second.stderr
+
+
+async def test_a_healthy_leftover_of_a_fallback_is_adopted_as_that_placement(
+        tmp_path, leftovers):
+    backup = upstream_service()
+    service = upstream_service(on_restart="adopt", fallbacks=[
+        {"machine": "backup", "upstream": backup["upstream"], "launcher": backup["launcher"]}])
+    config = parse_config({"data_dir": str(tmp_path / "data"), "machines": {"backup": {}},
+                           "services": {"up": service}}, env={})
+    fallback = config.services["up"].fallbacks[0]
+    port = fallback.upstream_port
+    leftover = start_leftover(leftovers, sys.executable, UPSTREAM_APP, "--port", str(port))
+    with trio.fail_after(30):
+        await wait_http(f"http://127.0.0.1:{port}/health")
+        slot = RecordSlot(record_path(config.data_dir, "up"), fallback.upstream, "backup",
+                          "process", fingerprint(fallback.launcher.process))
+        record = record_spawned(slot, service="up", pid=leftover.pid,
+                                command=[str(leftover.args)], stop_signal="SIGTERM",
+                                stop_timeout=2.0, log_path=config.data_dir / "logs" / "up.log",
+                                log_offset=0)
+        assert record is not None
+        slot.path.write_text(record.model_copy(update={"owner_pid": 1 << 22}).model_dump_json())
+        supervisors = build_supervisors(config)
+        await recover(config, supervisors)
+        sup = supervisors["up"]
+        assert (sup.state.name, sup.pid) == ("READY", leftover.pid)
+        assert sup.status()["machineId"] == "backup"
+        assert sup.status()["upstream"] == fallback.upstream

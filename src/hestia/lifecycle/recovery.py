@@ -30,6 +30,7 @@ import trio
 
 from ..config import Config, ServiceConfig
 from ..launchers.process import describe_exit, read_tail
+from .placement import Placement
 from .readiness import poll_until
 from .registry import (
     Record,
@@ -192,9 +193,11 @@ def _delete(path: Path, *, service: str, pid: int | None, reason: str) -> None:
 
 async def _leftover(path: Path, record: Record, service: ServiceConfig | None,
                     supervisor: Supervisor | None) -> None:
-    if service is not None and supervisor is not None and await _adoptable(record, service,
-                                                                            supervisor):
-        supervisor.adopt(AdoptedRunning(record, path))
+    placement = (await _adoptable(record, service, supervisor)
+                 if service is not None and supervisor is not None else None)
+    if placement is not None:
+        assert supervisor is not None
+        supervisor.adopt(AdoptedRunning(record, path), placement)
         log.info("backend_adopted_after_restart", service=record.service, pid=record.pid,
                  recorded_at=record.recorded_at)
         return
@@ -209,22 +212,27 @@ async def _leftover(path: Path, record: Record, service: ServiceConfig | None,
         log.warning("orphan_survived", service=record.service, pid=record.pid)
 
 
-async def _adoptable(record: Record, service: ServiceConfig, supervisor: Supervisor) -> bool:
+async def _adoptable(record: Record, service: ServiceConfig,
+                     supervisor: Supervisor) -> Placement | None:
+    """The placement the leftover runs as, when it is to be adopted; else None."""
     if service.on_restart != "adopt":
-        return False
-    kind = service.launcher.kind
-    launcher_config = getattr(service.launcher, kind)
-    # Only the primary placement can be adopted: the supervisor starts out on it. A leftover of
-    # a fallback, or of another configuration, might pass the probe but is not this backend.
-    if (record.launcher, record.upstream, record.machine, record.config) != (
-            kind, service.upstream, service.machine, fingerprint(launcher_config)):
+        return None
+    # The leftover must be one of this backend's placements as configured now (primary or a
+    # fallback): one of another configuration might pass the probe but is not this backend.
+    configs = [service, *service.fallbacks]
+    placement = next(
+        (p for p, c in zip(supervisor.placements, configs, strict=True)
+         if (record.launcher, record.upstream, record.machine, record.config) == (
+             c.launcher.kind, c.upstream, c.machine,
+             fingerprint(getattr(c.launcher, c.launcher.kind)))), None)
+    if placement is None:
         log.info("recovery_not_adopted", service=record.service, pid=record.pid,
                  reason="configuration_changed")
-        return False
+        return None
     with trio.move_on_after(ADOPT_PROBE_WINDOW):
-        # The supervisor's own probe, so that its status shows the result.
-        await poll_until(supervisor.probe.check, cap=0.25)
-        return is_alive(record.pid, record.start_time)
+        # The placement's own probe, so that the status shows the result.
+        await poll_until(placement.probe.check, cap=0.25)
+        return placement if is_alive(record.pid, record.start_time) else None
     log.info("recovery_not_adopted", service=record.service, pid=record.pid,
-             reason="not_ready", last_probe=supervisor.probe.last_result)
-    return False
+             reason="not_ready", last_probe=placement.probe.last_result)
+    return None

@@ -201,10 +201,12 @@ class Supervisor:
             return True
         return False
 
-    def adopt(self, running: Running) -> None:
+    def adopt(self, running: Running, placement: Placement | None = None) -> None:
         """Before `run()`: take over a backend that is already running and ready (left by a
-        previous Hestia). It starts READY, with its idle timer running from now."""
+        previous Hestia), as `placement` (default: the primary). It starts READY, with its
+        idle timer running from now."""
         assert self.state is State.COLD and self._running is None
+        self.placement = placement or self.placements[0]
         self._running = running
         self._adopted = running
         self.state = State.READY
