@@ -107,13 +107,15 @@ def stop_process(gateway: subprocess.Popen) -> tuple[str, str]:
 
 
 async def wait_http(url: str) -> None:
+    """Until `url` answers 200 (the caller bounds the wait)."""
     async with httpx.AsyncClient() as http:
         while True:
             try:
-                await http.get(url)
-                return
+                if (await http.get(url)).status_code == 200:
+                    return
             except httpx.TransportError:
-                await trio.sleep(0.05)
+                pass
+            await trio.sleep(0.02)
 
 
 def alive(pid: int) -> bool:

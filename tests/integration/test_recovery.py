@@ -39,7 +39,14 @@ from hestia.lifecycle.registry import (
     record_spawned,
 )
 
-from .conftest import UPSTREAM_APP, alive, free_port, serve_file, upstream_service
+from .conftest import (
+    UPSTREAM_APP,
+    alive,
+    free_port,
+    serve_file,
+    upstream_service,
+    wait_http,
+)
 
 
 def kill_group(pid: int, start_time: int | None) -> None:
@@ -76,13 +83,15 @@ def one_service(tmp_path: Path, service: dict[str, Any]) -> Config:
 
 
 def record_leftover(config: Config, process: subprocess.Popen, *,
-                    launcher_config: Any = None, stop_timeout: float = 2.0) -> Path:
-    """Record `process` for service `up` as the previous, now dead, Hestia would have, with
-    the configuration given (default: the service's own, so that it can be adopted)."""
-    service = config.services["up"]
-    launcher_config = launcher_config or service.launcher.process
-    slot = RecordSlot(record_path(config.data_dir, "up"), service.upstream, "local", "process",
-                      fingerprint(launcher_config))
+                    launcher_config: Any = None, placement: Any = None,
+                    stop_timeout: float = 2.0) -> Path:
+    """Record `process` for service `up` as the previous, now dead, Hestia would have, as
+    `placement` (default: the primary) with the configuration given (default: the placement's
+    own, so that it can be adopted)."""
+    placement = placement or config.services["up"]
+    launcher_config = launcher_config or placement.launcher.process
+    slot = RecordSlot(record_path(config.data_dir, "up"), placement.upstream, placement.machine,
+                      "process", fingerprint(launcher_config))
     record = record_spawned(slot, service="up", pid=process.pid, command=[str(process.args)],
                             stop_signal="SIGTERM", stop_timeout=stop_timeout,
                             log_path=config.data_dir / "logs" / "up.log", log_offset=0)
@@ -103,17 +112,6 @@ async def exit_status(process: subprocess.Popen, timeout: float = 10) -> int:
 async def wait_until(predicate: Any, poll: float = 0.02) -> None:
     while not predicate():
         await trio.sleep(poll)
-
-
-async def wait_http(url: str) -> None:
-    async with httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.02)
 
 
 def context(port: int) -> LaunchContext:
@@ -357,14 +355,7 @@ async def test_a_healthy_leftover_of_a_fallback_is_adopted_as_that_placement(
     leftover = start_leftover(leftovers, sys.executable, UPSTREAM_APP, "--port", str(port))
     with trio.fail_after(30):
         await wait_http(f"http://127.0.0.1:{port}/health")
-        slot = RecordSlot(record_path(config.data_dir, "up"), fallback.upstream, "backup",
-                          "process", fingerprint(fallback.launcher.process))
-        record = record_spawned(slot, service="up", pid=leftover.pid,
-                                command=[str(leftover.args)], stop_signal="SIGTERM",
-                                stop_timeout=2.0, log_path=config.data_dir / "logs" / "up.log",
-                                log_offset=0)
-        assert record is not None
-        slot.path.write_text(record.model_copy(update={"owner_pid": 1 << 22}).model_dump_json())
+        record_leftover(config, leftover, placement=fallback)
         supervisors = build_supervisors(config)
         await recover(config, supervisors)
         sup = supervisors["up"]
