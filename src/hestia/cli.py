@@ -14,6 +14,7 @@ from .defaults import DEMO_CONFIG
 from .errors import ConfigError
 from .gateway import run
 from .observability import configure_logging
+from .semaphore.hub import SemaphoreHub
 
 __all__ = ["main"]
 
@@ -28,7 +29,7 @@ def _load(path: str | None) -> tuple[Config, str]:
 def _serve(args: argparse.Namespace) -> int:
     config, source = _load(args.config)
     if args.listen:
-        config = parse_config({**config.model_dump(mode="json"), "listen": args.listen},
+        config = parse_config({**config.model_dump(), "listen": args.listen},
                               env={}, source=f"{source} with --listen {args.listen}")
     configure_logging(config.log_level, fmt=args.log_format)
     if source == "built-in demo":
@@ -53,9 +54,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config, source = _load(args.config)
+    note = ""
+    if config.semaphore is not None and config.semaphore_launchers():
+        errors, unreachable = trio.run(_check_semaphore, config)
+        if errors:
+            raise ConfigError(errors, f"{source} (checked against Semaphore)")
+        note = ("; Semaphore template names checked" if unreachable is None else
+                f"; template names NOT checked: {unreachable}")
     names = ", ".join(config.services) or "none"
-    print(f"{source}: ok ({len(config.services)} service(s): {names})")
+    print(f"{source}: ok ({len(config.services)} service(s): {names}){note}")
     return 0
+
+
+async def _check_semaphore(config: Config) -> tuple[list[tuple[str, str]], str | None]:
+    hub = SemaphoreHub(config)
+    try:
+        return await hub.check()
+    finally:
+        await hub.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:

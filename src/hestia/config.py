@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,15 +23,26 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from .errors import ConfigError
+from .launch_config import (
+    CommandLauncherConfig,
+    ContainerLauncherConfig,
+    Duration,
+    ExternalLauncherConfig,
+    LauncherConfig,
+    ProcessLauncherConfig,
+    SemaphoreLauncherConfig,
+    WolLauncherConfig,
+    _Model,
+    parse_duration,
+)
 
 __all__ = [
     "ActivityConfig",
@@ -50,6 +59,8 @@ __all__ = [
     "ProcessLauncherConfig",
     "QueueConfig",
     "ReadinessConfig",
+    "SemaphoreConfig",
+    "SemaphoreLauncherConfig",
     "ServiceConfig",
     "StartupConfig",
     "TimeoutsConfig",
@@ -59,152 +70,7 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def parse_duration(value: Any) -> float:
-    """`250ms`, `30s`, `5m`, `1h`, or a number of seconds → seconds (float, never negative)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 250ms, 30s, 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        raise ValueError(
-            f"invalid duration {value!r}: use a number of seconds or 250ms, 30s, 5m, 1h")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ProcessLauncherConfig(_Model):
-    """Start the backend as a local child process in its own process group.
-
-    Its stdout and stderr go to `<data_dir>/logs/<service>.log`. The environment is Hestia's own,
-    plus `env`, plus `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_UPSTREAM` and `HESTIA_PORT`
-    (the upstream's port, so a program can bind where Hestia will look for it).
-    """
-
-    command: list[str] = Field(min_length=1)
-    """The program and its arguments; a string is split like a shell would (no shell runs)."""
-    cwd: Path | None = None
-    """Working directory (default: Hestia's); `~` is expanded."""
-    env: dict[str, str] = {}
-    stop_signal: str = "SIGTERM"
-    """Sent to the whole process group to stop it."""
-    stop_timeout: Duration = 10.0
-    """After this long, the process group gets SIGKILL (default 10s)."""
-
-    @field_validator("command", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return shlex.split(value) if isinstance(value, str) else value
-
-    @field_validator("cwd")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
-    @field_validator("stop_signal")
-    @classmethod
-    def _signal(cls, value: str) -> str:
-        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
-        if not isinstance(getattr(signal, name, None), signal.Signals):
-            raise ValueError(f"unknown signal {value!r}")
-        return name
-
-    @property
-    def signal(self) -> signal.Signals:
-        return signal.Signals[self.stop_signal]
-
-
-class CommandLauncherConfig(_Model):
-    """Start and stop through shell commands (`/bin/sh -c`), e.g. `ssh gpu-box systemctl start
-    ollama`. A start command that exits 0 means "started, now probe readiness"; one that keeps
-    running is supervised like a process (its exit while ready is a crash); one that exits with
-    another status fails the start. Output goes to the backend's log file. The environment gets
-    `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_MACHINE`, `HESTIA_UPSTREAM`, `HESTIA_PORT` and
-    `HESTIA_ACTION` (`start` or `stop`)."""
-
-    start: str = Field(min_length=1)
-    stop: str | None = None
-    """Run on stop (after the start command's process group, if still running, is stopped)."""
-    cwd: Path | None = None
-    env: dict[str, str] = {}
-    stop_timeout: Duration = 10.0
-    """How long the stop command may take, and how long a running start command gets after
-    SIGTERM before SIGKILL (default 10s)."""
-
-    @field_validator("cwd")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
-
-class ContainerLauncherConfig(_Model):
-    """A container through the podman or docker command line.
-
-    With `image`: `RUNTIME run --rm --name NAME [run_args] IMAGE [args]`, kept in the
-    foreground and supervised like a process; stopped with `RUNTIME stop -t SECONDS NAME`.
-    Without `image`: the existing container NAME is started with `RUNTIME start NAME` and
-    stopped with `RUNTIME stop -t SECONDS NAME`."""
-
-    runtime: Literal["podman", "docker"] = "podman"
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    image: str | None = None
-    args: list[str] = []
-    """Arguments after the image (the container's command)."""
-    run_args: list[str] = []
-    """Options for `run` before the image, e.g. `["-p", "127.0.0.1:11434:11434"]`."""
-    stop_timeout: Duration = 10.0
-
-
-class WolLauncherConfig(_Model):
-    """Wake a machine with a Wake-on-LAN magic packet, then probe readiness. Optionally stop
-    with a shell command (e.g. `ssh gpu-box poweroff`)."""
-
-    mac: str = Field(pattern=r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
-    broadcast: str = "255.255.255.255"
-    port: int = Field(default=9, ge=1, le=65535)
-    stop: str | None = None
-    stop_timeout: Duration = 30.0
-
-
-class ExternalLauncherConfig(_Model):
-    """Never started or stopped by Hestia: the backend is only probed. When it is not ready,
-    requests are answered 503 as soon as one probe fails (no waiting)."""
-
-
-class LauncherConfig(_Model):
-    """How the backend is started and stopped: exactly one key."""
-
-    process: ProcessLauncherConfig | None = None
-    command: CommandLauncherConfig | None = None
-    container: ContainerLauncherConfig | None = None
-    wol: WolLauncherConfig | None = None
-    external: ExternalLauncherConfig | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> LauncherConfig:
-        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(chosen) != 1:
-            names = ", ".join(type(self).model_fields)
-            raise ValueError(f"give exactly one launcher: {names}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
 
 class ReadinessConfig(_Model):
@@ -355,9 +221,44 @@ class PlacementConfig(_HasUpstream):
     readiness: ReadinessConfig | None = None
 
 
+class SemaphoreConfig(_Model):
+    """Where Ansible Semaphore is and how to log in (see docs/semaphore.md). `url`, `token`,
+    `username` and `password` default to `SEMAPHORE_BASE_URL`, `SEMAPHORE_API_TOKEN`,
+    `SEMAPHORE_USERNAME` and `SEMAPHORE_PASSWORD` from the environment."""
+
+    url: Upstream
+    """Semaphore's base URL, e.g. `http://semaphore:3000` (a trailing `/api` is accepted)."""
+    token: SecretStr | None = None
+    """An API token (Bearer). Takes precedence over `username`/`password`."""
+    username: str | None = None
+    password: SecretStr | None = None
+    """With `username`: log in once, and again whenever the session is refused (401)."""
+    project: int | None = Field(default=None, ge=1)
+    """The default project of every `semaphore` launcher."""
+    poll_interval: Duration = Field(default=1.0, gt=0)
+    """How often a running task's status is asked for (default 1s)."""
+    task_timeout: Duration = Field(default=1800.0, gt=0)
+    """How long a task may take before Hestia asks Semaphore to stop it and gives up (default
+    30m; Semaphore itself never times out a task that lost its runner)."""
+    request_timeout: Duration = Field(default=10.0, gt=0)
+    """Bound on each HTTP request to Semaphore (default 10s)."""
+    verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SemaphoreConfig:
+        if self.token is None and (self.username is None or self.password is None):
+            raise ValueError("give token (or SEMAPHORE_API_TOKEN), or username and password "
+                             "(or SEMAPHORE_USERNAME and SEMAPHORE_PASSWORD)")
+        return self
+
+
 class MachineConfig(_Model):
     """A machine backends run on. `local` (this one) always exists, and is only skipped after
     failures when it is declared here."""
+
+    semaphore: SemaphoreLauncherConfig | None = None
+    """Start and stop services on this machine through Semaphore: a service or fallback on this
+    machine with no `launcher` of its own uses this one (its tasks get `HESTIA_SERVICE`)."""
 
     max_failures: int = Field(default=3, ge=1)
     """After this many failed start attempts in a row on it, the machine is skipped..."""
@@ -410,6 +311,8 @@ class Config(_Model):
     """In-flight requests get this long to finish when the gateway shuts down, and when a
     service is stopped through the API (default 10s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    semaphore: SemaphoreConfig | None = None
+    """Needed by `semaphore` launchers."""
     machines: dict[str, MachineConfig] = {}
     """Machines placements can name; `local` needs no entry."""
     groups: dict[str, GroupConfig] = {}
@@ -427,9 +330,34 @@ class Config(_Model):
         unknown += [f"services.{sid}.group: unknown group {service.group!r} (declare it under "
                     "groups)" for sid, service in self.services.items()
                     if service.group is not None and service.group not in self.groups]
+        launchers = self.semaphore_launchers()
+        if launchers and self.semaphore is None:
+            unknown.append(f"semaphore: required by {launchers[0][0]} (give semaphore.url and "
+                           "a token, or set SEMAPHORE_BASE_URL and SEMAPHORE_API_TOKEN)")
+        unknown += [f"{path}.project: no project (give it here or as semaphore.project)"
+                    for path, launcher in launchers
+                    if launcher.project is None and self.semaphore is not None
+                    and self.semaphore.project is None]
         if unknown:
             raise ValueError("; ".join(unknown))
         return self
+
+    def semaphore_launchers(self) -> list[tuple[str, SemaphoreLauncherConfig]]:
+        """Every `semaphore` launcher with its path, machines first (a service that inherits
+        its machine's launcher is listed too)."""
+        found = [(f"machines.{mid}.semaphore", m.semaphore)
+                 for mid, m in self.machines.items() if m.semaphore is not None]
+        for sid, service in self.services.items():
+            placements = [("launcher", service.launcher)] + [
+                (f"fallbacks[{i}].launcher", f.launcher) for i, f in enumerate(service.fallbacks)]
+            found += [(f"services.{sid}.{where}.semaphore", launcher.semaphore)
+                      for where, launcher in placements if launcher.semaphore is not None]
+        return found
+
+    def project_of(self, launcher: SemaphoreLauncherConfig) -> int:
+        project = launcher.project or (self.semaphore.project if self.semaphore else None)
+        assert project is not None  # validated above
+        return project
 
     @field_validator("data_dir")
     @classmethod
@@ -510,6 +438,55 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             break
 
 
+_SEMAPHORE_ENV = {"url": "SEMAPHORE_BASE_URL", "token": "SEMAPHORE_API_TOKEN",
+                  "username": "SEMAPHORE_USERNAME", "password": "SEMAPHORE_PASSWORD"}
+
+
+def _semaphore_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Fill `semaphore`'s connection fields from `SEMAPHORE_*` variables the file does not set:
+    only when the file has a `semaphore` block or a `semaphore` launcher, so that variables
+    meant for other tools never make an unrelated configuration invalid."""
+    block = raw.get("semaphore")
+    if block is None and not _has_key(raw.get("machines"), "semaphore") and \
+            not _has_key(raw.get("services"), "semaphore"):
+        return raw
+    if block is not None and not isinstance(block, dict):
+        return raw  # the model reports it
+    block = dict(block or {})
+    for field_name, variable in _SEMAPHORE_ENV.items():
+        if block.get(field_name) is None and env.get(variable):
+            block[field_name] = env[variable]
+    if not block:
+        return raw
+    return {**raw, "semaphore": block}
+
+
+def _has_key(node: Any, key: str) -> bool:
+    if isinstance(node, dict):
+        return key in node or any(_has_key(v, key) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_key(v, key) for v in node)
+    return False
+
+
+def _machine_launchers(data: dict[str, Any]) -> None:
+    """A service or fallback without `launcher` on a machine with `semaphore` uses that."""
+    machines = data.get("machines")
+    services = data.get("services")
+    if not isinstance(machines, dict) or not isinstance(services, dict):
+        return
+    shared = {mid: m["semaphore"] for mid, m in machines.items()
+              if isinstance(m, dict) and m.get("semaphore") is not None}
+    for service in services.values():
+        if not isinstance(service, dict):
+            continue
+        fallbacks = service.get("fallbacks")
+        for node in [service, *(fallbacks if isinstance(fallbacks, list) else [])]:
+            if isinstance(node, dict) and "launcher" not in node and \
+                    node.get("machine") in shared:
+                node["launcher"] = {"semaphore": shared[node["machine"]]}
+
+
 def _field_path(model: type[BaseModel], rest: str) -> list[str] | None:
     """Match `queue_max` against the model's fields: `['queue', 'max']`, or None."""
     for field_name in sorted(model.model_fields, key=len, reverse=True):
@@ -553,8 +530,10 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
     if not isinstance(raw, dict):
         raise ConfigError([("", "the configuration must be a mapping")], source)
     errors: list[tuple[str, str]] = []
-    data = _interpolate(raw, env, "", errors)
+    data = _semaphore_env(raw, env)
+    data = _interpolate(data, env, "", errors)
     _env_overrides(data, env)
+    _machine_launchers(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -31,6 +31,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .config import Config
+from .errors import ConfigError
 from .http.app import create_app
 from .launchers import make_launcher
 from .lifecycle.groups import Group
@@ -39,6 +40,7 @@ from .lifecycle.readiness import make_probe
 from .lifecycle.recovery import recover
 from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
+from .semaphore.hub import SemaphoreHub
 
 __all__ = ["Gateway", "build_supervisors", "run"]
 
@@ -63,7 +65,7 @@ class Gateway:
 
 
 def build_supervisors(config: Config, machines: Machines | None = None,
-                      ) -> dict[str, Supervisor]:
+                      semaphore: SemaphoreHub | None = None) -> dict[str, Supervisor]:
     machines = machines or Machines(config)
     groups = {name: Group(name, g.max_running) for name, g in config.groups.items()}
     supervisors: dict[str, Supervisor] = {}
@@ -71,15 +73,16 @@ def build_supervisors(config: Config, machines: Machines | None = None,
         log_path = config.data_dir / "logs" / f"{name}.log"
         # One record per service: whichever placement runs it, only one runs at a time.
         record = record_path(config.data_dir, name)
+        launcher = partial(make_launcher, log_path=log_path, record_path=record, service=name,
+                           semaphore=semaphore)
         fallbacks = [
             Placement(f.machine, f.upstream, f.upstream_host, f.upstream_port,
-                      f.upstream_prefix.encode(), make_launcher(f.launcher, log_path, record),
+                      f.upstream_prefix.encode(), launcher(f.launcher),
                       make_probe(f, f.readiness or service.readiness),
                       f.readiness or service.readiness)
             for f in service.fallbacks]
         supervisors[name] = Supervisor(
-            name, service, make_launcher(service.launcher, log_path, record),
-            make_probe(service),
+            name, service, launcher(service.launcher), make_probe(service),
             fallbacks=fallbacks, machines=machines,
             group=groups[service.group] if service.group is not None else None,
             drain_timeout=config.grace_period)
@@ -114,13 +117,38 @@ def _is_loopback(listen: str) -> bool:
 async def run(config: Config, *, handle_signals: bool = True,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
-    machines = Machines(config)
-    supervisors = build_supervisors(config, machines)
-    app = create_app(supervisors, machines)
-    shutdown = trio.Event()
     if not _is_loopback(config.listen):
         log.warning("listening_beyond_loopback", listen=config.listen,
                     detail="anyone who can reach this address can use every service")
+    semaphore = SemaphoreHub(config) if config.semaphore is not None else None
+    try:
+        if semaphore is not None:
+            await _check_templates(semaphore)
+        await _run(config, semaphore, handle_signals, task_status)
+    finally:
+        if semaphore is not None:
+            with trio.CancelScope(shield=True):
+                await semaphore.aclose()
+    log.info("gateway_stopped")
+
+
+async def _check_templates(semaphore: SemaphoreHub) -> None:
+    """Template names must name one template each: a configuration error otherwise. When
+    Semaphore cannot be asked now, they are looked up before the first task instead."""
+    errors, unreachable = await semaphore.check()
+    if errors:
+        raise ConfigError(errors, "configuration (checked against Semaphore)")
+    if unreachable is not None:
+        log.warning("semaphore_unreachable", detail=unreachable,
+                    consequence="template names are looked up before the first task")
+
+
+async def _run(config: Config, semaphore: SemaphoreHub | None, handle_signals: bool,
+               task_status: trio.TaskStatus[Gateway]) -> None:
+    machines = Machines(config)
+    supervisors = build_supervisors(config, machines, semaphore)
+    app = create_app(supervisors, machines)
+    shutdown = trio.Event()
     async with trio.open_nursery() as root:
         # The signal watcher outlives the forced stop, so that a third signal cannot kill
         # Hestia while its backends are being stopped.
@@ -145,7 +173,6 @@ async def run(config: Config, *, handle_signals: bool = True,
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
                 task_status.started(Gateway(urls, supervisors, shutdown))
         root.cancel_scope.cancel()
-    log.info("gateway_stopped")
 
 
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,

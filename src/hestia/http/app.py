@@ -18,6 +18,7 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..observability import request_id_from
 from .proxy import PREFIX, ProxyHandler
+from .semaphore_api import automation_status, semaphore_blueprint
 
 __all__ = ["create_app"]
 
@@ -48,6 +49,11 @@ def create_app(supervisors: Mapping[str, Supervisor],
             raise UnknownService(f"no service named {service_id!r}", service=service_id,
                                  services=sorted(supervisors))
         return supervisor
+
+    app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
+
+    def status(supervisor: Supervisor) -> dict[str, Any]:
+        return {**supervisor.status(), "automation": automation_status(supervisor)}
 
     @app.before_request
     async def _request_id() -> None:
@@ -87,7 +93,8 @@ def create_app(supervisors: Mapping[str, Supervisor],
                       for name, sup in supervisors.items()},
             api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
                  "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
-                 "/v1/machines/{id}/enable", "/__health"])
+                 "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
+                 "/v1/semaphore/stop", "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:
@@ -106,11 +113,11 @@ def create_app(supervisors: Mapping[str, Supervisor],
 
     @app.get("/v1/services")
     async def list_services() -> Response:
-        return jsonify(services=[sup.status() for sup in supervisors.values()])
+        return jsonify(services=[status(sup) for sup in supervisors.values()])
 
     @app.get("/v1/services/<service_id>/status")
     async def service_status(service_id: str) -> Response:
-        return jsonify(supervisor_for(service_id).status())
+        return jsonify(status(supervisor_for(service_id)))
 
     @app.post("/v1/services/<service_id>/start")
     async def start_service(service_id: str) -> tuple[Response, int]:

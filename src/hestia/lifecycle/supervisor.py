@@ -84,6 +84,7 @@ class Supervisor:
         self._exit: tuple[Running, int | None] | None = None
         self._idle_since = 0.0                      # trio clock
         self._start_requested = False
+        self._start_on: str | None = None  # a person asked for a start on this machine
         self._stop_requested: str | None = None
         self._start_scope: trio.CancelScope | None = None
         self._closing = False
@@ -180,11 +181,13 @@ class Supervisor:
         finally:
             self.release(lease)
 
-    def request_start(self) -> bool:
-        """Ask for a start without a request. False when already starting or running."""
+    def request_start(self, machine: str | None = None) -> bool:
+        """Ask for a start without a request, on `machine`'s placements only if given. False
+        when already starting or running."""
         if self.state in (State.STARTING, State.READY) or self._closing:
             return False
         self._start_requested = True  # from FAILED too: a person asking skips the cool-down
+        self._start_on = machine
         self._notify()
         return True
 
@@ -345,6 +348,10 @@ class Supervisor:
     async def _start(self, nursery: trio.Nursery) -> None:
         """Try `startup.attempts` times with backoff: READY, or FAILED listing every attempt."""
         self._start_requested = False
+        placements = [p for p in self.placements
+                      if self._start_on is None or p.machine == self._start_on
+                      ] or self.placements
+        self._start_on = None
         self._retry_at = math.inf
         self._exit = None
         self.starts += 1
@@ -356,7 +363,7 @@ class Supervisor:
         with trio.CancelScope() as self._start_scope:
             if self.group is not None:
                 await self.group.acquire(self)
-            for placement in self.placements:
+            for placement in placements:
                 skip = self.machines.unavailable(placement.machine)
                 if skip is not None:
                     attempts.append({"attempt": 0, "machine": placement.machine,
@@ -404,8 +411,12 @@ class Supervisor:
                  machine=placement.machine, attempt=number)
         running: Running | None = None
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(timeout) as deadline:
+                if getattr(self.launcher, "times_its_start", False):
+                    # A remote job bounds itself; readiness is timed from its end.
+                    deadline.deadline = math.inf
                 running = self._running = await self.launcher.start(context)
+                deadline.deadline = min(deadline.deadline, trio.current_time() + timeout)
                 if getattr(self.launcher, "probe_only", False):
                     await probe_once(self.name, self.probe)
                 else:

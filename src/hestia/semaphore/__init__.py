@@ -1,0 +1,1 @@
+"""Ansible Semaphore: the API client, template lookup and task records."""

@@ -1,0 +1,152 @@
+"""What Hestia keeps about Semaphore: template ids by name, and the tasks it ran.
+
+Templates are addressed by id only, and names are not unique (CONTRACT §4), so a name is looked
+up by listing the project's templates, and a name that matches no template, or more than one,
+is a configuration error. The lookup runs at start (`check_templates`, also behind
+`hestia check`); when Semaphore cannot be reached then, it runs again before the first task.
+
+`Automation` holds one backend's task records for the status API: the task in progress and the
+last finished one, plus a short history. They live in memory until issue 6's storage exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from .client import SemaphoreClient, SemaphoreError
+
+__all__ = ["Automation", "TaskRecord", "TemplateError", "Templates", "check_templates"]
+
+HISTORY = 20
+
+
+class TemplateError(Exception):
+    """A template name matches no template, or several."""
+
+
+class Templates:
+    """Template ids by (project, name), listed from Semaphore once and then kept."""
+
+    def __init__(self, client: SemaphoreClient) -> None:
+        self.client = client
+        self._names: dict[int, dict[str, list[int]]] = {}
+        self._titles: dict[tuple[int, int], str] = {}
+
+    async def id_of(self, project: int, ref: int | str) -> int:
+        """The template id `ref` names. Raises `TemplateError` or `SemaphoreError`."""
+        if isinstance(ref, int):
+            return ref
+        ids = self._names.get(project, {}).get(ref)
+        if ids is None:  # not listed yet, or created since: list (again)
+            await self.refresh(project)
+            ids = self._names[project].get(ref)
+        if not ids:
+            known = ", ".join(repr(n) for n in sorted(self._names[project])) or "none"
+            raise TemplateError(f"no template named {ref!r} in Semaphore project {project} "
+                                f"(templates: {known})")
+        if len(ids) > 1:
+            raise TemplateError(f"template name {ref!r} is ambiguous in Semaphore project "
+                                f"{project}: templates {sorted(ids)} have it; use the id")
+        return ids[0]
+
+    def title(self, project: int, template_id: int) -> str | None:
+        return self._titles.get((project, template_id))
+
+    async def refresh(self, project: int) -> None:
+        names: dict[str, list[int]] = {}
+        for template in await self.client.templates(project):
+            tid, name = template.get("id"), template.get("name")
+            if isinstance(tid, int) and isinstance(name, str):
+                names.setdefault(name, []).append(tid)
+                self._titles[(project, tid)] = name
+        self._names[project] = names
+
+
+async def check_templates(config: Config, templates: Templates,
+                          ) -> tuple[list[tuple[str, str]], str | None]:
+    """Resolve every template name the configuration uses: (errors with their paths, None), or
+    ([], why Semaphore could not be asked)."""
+    errors: list[tuple[str, str]] = []
+    seen: set[tuple[int, int | str]] = set()
+    for path, launcher in config.semaphore_launchers():
+        project = config.project_of(launcher)
+        refs = [("start_template", launcher.start_template),
+                ("stop_template", launcher.stop_template)]
+        for key, ref in refs:
+            if ref is None or isinstance(ref, int) or (project, ref) in seen:
+                continue  # an id is checked when it is used: Semaphore answers 500 for a bad one
+            seen.add((project, ref))
+            try:
+                await templates.id_of(project, ref)
+            except TemplateError as exc:
+                errors.append((f"{path}.{key}", str(exc)))
+            except SemaphoreError as exc:
+                return [], exc.message
+    return errors, None
+
+
+@dataclass
+class TaskRecord:
+    """One Semaphore task Hestia ran."""
+
+    action: str                 # start | stop
+    project_id: int
+    template_id: int | None
+    template: str               # as configured: a name, or the id
+    machine_id: str
+    task_id: int | None = None
+    status: str = "creating"    # Semaphore's status once the task exists
+    started_at: float = field(default_factory=time.time)
+    completed_at: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        duration = None if self.completed_at is None else \
+            round((self.completed_at - self.started_at) * 1000, 1)
+        return {"task_id": self.task_id, "action": self.action, "status": self.status,
+                "template_id": self.template_id, "template": self.template,
+                "project_id": self.project_id, "machine_id": self.machine_id,
+                "started_at": iso(self.started_at), "completed_at": iso(self.completed_at),
+                "duration_ms": duration, "error": self.error}
+
+
+class Automation:
+    """The Semaphore tasks of one backend, across its placements."""
+
+    def __init__(self) -> None:
+        self.current: TaskRecord | None = None
+        self.last: TaskRecord | None = None
+        self.history: deque[TaskRecord] = deque(maxlen=HISTORY)
+
+    def begin(self, record: TaskRecord) -> None:
+        self.current = record
+
+    def finish(self, record: TaskRecord, status: str | None = None,
+               error: str | None = None) -> None:
+        if status is not None:
+            record.status = status
+        record.error = error
+        record.completed_at = time.time()
+        if self.current is record:
+            self.current = None
+        self.last = record
+        self.history.append(record)
+
+    def status(self, machine_id: str | None) -> dict[str, Any]:
+        current = self.current
+        return {"enabled": True, "provider": "semaphore", "machine_id": machine_id,
+                "current_task": None if current is None else {
+                    k: v for k, v in current.as_dict().items()
+                    if k not in ("completed_at", "duration_ms")},
+                "last_task": None if self.last is None else self.last.as_dict(),
+                "tasks": [r.as_dict() for r in reversed(self.history)]}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
