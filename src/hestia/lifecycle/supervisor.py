@@ -181,6 +181,11 @@ class Supervisor:
         finally:
             self.release(lease)
 
+    async def wait_until(self, *states: State) -> None:
+        """Return once the backend is in one of `states`; the caller bounds the wait."""
+        while self.state not in states:
+            await self._changed.wait()
+
     def request_start(self, machine: str | None = None) -> bool:
         """Ask for a start without a request, on `machine`'s placements only if given. False
         when already starting or running."""

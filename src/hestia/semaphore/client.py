@@ -163,11 +163,19 @@ class SemaphoreClient:
                               status=status)
 
 
-def _transport_detail(exc: httpx.TransportError) -> str:
-    # httpx wraps the OSError; its message ("[Errno 111] Connection refused") is the useful part.
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
+def _transport_detail(exc: BaseException) -> str:
+    """The useful part of a connection failure: httpx wraps trio's OSError, which wraps an
+    exception group holding one error per address tried ("connection refused")."""
+    seen: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        cause = pending.pop(0)
+        if cause in seen:
+            continue
+        seen.append(cause)
+        if isinstance(cause, OSError) and cause.errno is not None and cause.strerror:
+            return cause.strerror.lower()
+        if isinstance(cause, BaseExceptionGroup):
+            pending.extend(cause.exceptions)
+        pending.extend(c for c in (cause.__cause__, cause.__context__) if c is not None)
     return str(exc) or type(exc).__name__
