@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "request_id_from"]
+__all__ = ["configure_logging", "iso_time", "request_id_from"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -67,3 +68,10 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
                 return value.decode("ascii")
             break
     return os.urandom(16).hex()  # as random as a uuid4, at half the cost
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A wall-clock timestamp as the API shows it: `2026-11-24T10:00:00.123Z` (None stays)."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

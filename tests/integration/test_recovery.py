@@ -360,5 +360,5 @@ async def test_a_healthy_leftover_of_a_fallback_is_adopted_as_that_placement(
         await recover(config, supervisors)
         sup = supervisors["up"]
         assert (sup.state.name, sup.pid) == ("READY", leftover.pid)
-        assert sup.status()["machineId"] == "backup"
-        assert sup.status()["upstream"] == fallback.upstream
+        assert sup.placement.machine == "backup"
+        assert sup.placement.upstream == fallback.upstream

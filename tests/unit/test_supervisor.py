@@ -8,6 +8,7 @@ import trio.lowlevel
 
 from hestia.config import ReadinessConfig, parse_config
 from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
+from hestia.http.status import service_status
 from hestia.lifecycle.groups import Group
 from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.supervisor import State, Supervisor
@@ -522,7 +523,7 @@ async def test_fallbacks_are_tried_in_order_after_the_primarys_attempts(nursery,
     async with sup.lease():
         assert trio.current_time() == 3.0  # primary at 0 and 1, backup at 1, ready at 3
     assert (primary.starts, backup.starts) == ([0.0, 1.0], [1.0])
-    assert sup.status()["machineId"] == "backup"
+    assert service_status(sup)["machineId"] == "backup"
 
 
 async def test_an_unavailable_machine_is_skipped_and_named_in_the_attempts(

@@ -18,7 +18,8 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..observability import request_id_from
 from .proxy import PREFIX, ProxyHandler
-from .semaphore_api import automation_status, semaphore_blueprint
+from .semaphore_api import semaphore_blueprint
+from .status import service_status
 
 __all__ = ["create_app"]
 
@@ -51,9 +52,6 @@ def create_app(supervisors: Mapping[str, Supervisor],
         return supervisor
 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
-
-    def status(supervisor: Supervisor) -> dict[str, Any]:
-        return {**supervisor.status(), "automation": automation_status(supervisor)}
 
     @app.before_request
     async def _request_id() -> None:
@@ -113,11 +111,11 @@ def create_app(supervisors: Mapping[str, Supervisor],
 
     @app.get("/v1/services")
     async def list_services() -> Response:
-        return jsonify(services=[status(sup) for sup in supervisors.values()])
+        return jsonify(services=[service_status(sup) for sup in supervisors.values()])
 
     @app.get("/v1/services/<service_id>/status")
-    async def service_status(service_id: str) -> Response:
-        return jsonify(status(supervisor_for(service_id)))
+    async def get_status(service_id: str) -> Response:
+        return jsonify(service_status(supervisor_for(service_id)))
 
     @app.post("/v1/services/<service_id>/start")
     async def start_service(service_id: str) -> tuple[Response, int]:

@@ -17,24 +17,9 @@ from typing import Any
 from quart import Blueprint, Response, g, jsonify, request
 
 from ..lifecycle.supervisor import State, Supervisor
+from .status import automation_status
 
-__all__ = ["automation_status", "semaphore_blueprint"]
-
-
-def automation_status(supervisor: Supervisor) -> dict[str, Any]:
-    """The `automation` block: the backend's Semaphore tasks, or `enabled: false`."""
-    automated = [p for p in supervisor.placements if _automation(p.launcher) is not None]
-    if not automated:
-        return {"enabled": False, "provider": None, "machine_id": None, "current_task": None,
-                "last_task": None, "tasks": []}
-    placement = supervisor.placement if supervisor.placement in automated else automated[0]
-    automation = _automation(placement.launcher)
-    assert automation is not None
-    return automation.status(placement.machine)
-
-
-def _automation(launcher: object) -> Any:
-    return getattr(launcher, "automation", None)
+__all__ = ["semaphore_blueprint"]
 
 
 def semaphore_blueprint(supervisor_for: Callable[[str], Supervisor],
@@ -83,7 +68,7 @@ async def _target(supervisor_for: Callable[[str], Supervisor], machine_allowed: 
                                   'the body must be JSON: {"serviceId": "…", "machineId": "…"}')
     supervisor = supervisor_for(body["serviceId"])  # 404 for an unknown service
     automated = [p.machine for p in supervisor.placements
-                 if _automation(p.launcher) is not None]
+                 if getattr(p.launcher, "automation", None) is not None]
     if not automated:
         return None, None, _error(400, "not_automated", f"{supervisor.name!r} has no "
                                   "semaphore placement", supervisor)

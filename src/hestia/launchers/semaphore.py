@@ -142,8 +142,10 @@ class SemaphoreLauncher:
                 record.template = title
             task = await self.client.create_task(self.project, self._body(record, context))
         except TemplateError as exc:
+            record.status = "not_created"
             raise TaskFailed(str(exc), "unknown_template") from None
         except SemaphoreError as exc:
+            record.status = "not_created"
             raise TaskFailed(f"cannot create the {what}: {exc.message}",
                              f"semaphore_{exc.reason}") from None
         record.task_id = int(task["id"])

@@ -40,6 +40,11 @@ class Placement:
         self.pool = UpstreamPool(self.host, self.port, tls=self.upstream.startswith("https:"))
         self.host_header = f"{self.host}:{self.port}".encode()
 
+    @property
+    def kind(self) -> str:
+        """The launcher's kind: `process`, `semaphore`, …"""
+        return getattr(self.launcher, "kind", type(self.launcher).__name__)
+
     @classmethod
     def primary(cls, service: ServiceConfig, launcher: Launcher, probe: Probe) -> Placement:
         return cls(service.machine, service.upstream, service.upstream_host,

@@ -11,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import structlog
 import trio
 
-from ..config import PlacementConfig, ReadinessConfig, ServiceConfig
+from ..config import HealthConfig, PlacementConfig, ReadinessConfig, ServiceConfig
 from ..errors import GatewayError, StartFailed
 from ..http.upstream import UpstreamPool, fetch_status
 from ..launchers.base import Running
 
 __all__ = ["DelayProbe", "HttpProbe", "Probe", "TcpProbe", "make_probe", "poll_until",
-           "probe_once", "until_ready"]
+           "probe_once", "until_ready", "watch_health"]
+
+log = structlog.get_logger("hestia.supervisor")
 
 FIRST_INTERVAL = 0.002
 GROWTH = 1.5
@@ -154,3 +157,19 @@ async def probe_once(service: str, probe: Probe) -> None:
     if not await probe.check():
         raise StartFailed(f"{service!r} is not reachable ({probe.last_result or 'no answer'})",
                           service=service, reason="unreachable")
+
+
+async def watch_health(service: str, probe: Probe, health: HealthConfig) -> str:
+    """Probe every `health.interval`; return the last result once `health.failures` probes in
+    a row failed."""
+    failed = 0
+    while True:
+        await trio.sleep(health.interval)
+        if await probe.check():
+            failed = 0
+            continue
+        failed += 1
+        log.warning("health_check_failed", service=service, failures=failed,
+                    of=health.failures, detail=probe.last_result)
+        if failed >= health.failures:
+            return probe.last_result or "no answer"

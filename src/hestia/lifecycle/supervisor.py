@@ -46,7 +46,7 @@ from ..launchers.base import LaunchContext, Launcher, Running
 from .groups import Group
 from .leases import Lease, State, _Waiter
 from .placement import Machines, Placement
-from .readiness import LOG_TAIL_LINES, Probe, probe_once, until_ready
+from .readiness import LOG_TAIL_LINES, Probe, probe_once, until_ready, watch_health
 
 __all__ = ["Lease", "State", "Supervisor"]
 
@@ -132,6 +132,18 @@ class Supervisor:
     @property
     def pid(self) -> int | None:
         return self._running.pid if self._running is not None else None
+
+    @property
+    def running(self) -> Running | None:
+        """What was started and is not stopped yet (None while COLD)."""
+        return self._running
+
+    @property
+    def cooldown_remaining(self) -> float | None:
+        """While FAILED: seconds until requests may start the backend again."""
+        if self.state is not State.FAILED:
+            return None
+        return max(0.0, self._failed_until - trio.current_time())
 
     def acquire_nowait(self, *, passive: bool = False) -> Lease | None:
         """A lease at once when the backend is READY (the hot path), else None. A `passive`
@@ -372,7 +384,7 @@ class Supervisor:
                 skip = self.machines.unavailable(placement.machine)
                 if skip is not None:
                     attempts.append({"attempt": 0, "machine": placement.machine,
-                                     "launcher": _kind(placement.launcher), "detail": skip,
+                                     "launcher": placement.kind, "detail": skip,
                                      "reason": "machine_unavailable", "duration_ms": 0.0})
                     log.warning("placement_skipped", service=self.name,
                                 machine=placement.machine, detail=skip)
@@ -452,7 +464,7 @@ class Supervisor:
 
     @property
     def launcher_kind(self) -> str:
-        return _kind(self.launcher)
+        return self.placement.kind
 
     async def _start_failed(self, attempts: list[dict[str, Any]], duration: float, *,
                             cancelled: bool) -> None:
@@ -529,27 +541,17 @@ class Supervisor:
                 await self._changed.wait()
 
     async def _check_health(self) -> None:
-        """While READY: the readiness probe every `health.interval`; `health.failures` failures
-        in a row make the backend count as crashed (stopped, then COLD)."""
-        health = self.config.health
-        assert health is not None
-        failed = 0
-        while True:
-            await trio.sleep(health.interval)
-            if await self.probe.check():
-                failed = 0
-                continue
-            failed += 1
-            log.warning("health_check_failed", service=self.name, failures=failed,
-                        of=health.failures, detail=self.probe.last_result)
-            if failed >= health.failures and self._running is not None:
-                running = self._running
-                with trio.CancelScope(shield=True):
-                    await running.stop()
-                self._exit = (running, None)
-                self._unhealthy = self.probe.last_result or "no answer"
-                self._notify()
-                return
+        """While READY: `health.failures` failed probes in a row make the backend count as
+        crashed (stopped, then COLD)."""
+        assert self.config.health is not None
+        reason = await watch_health(self.name, self.probe, self.config.health)
+        running = self._running
+        if running is not None:
+            with trio.CancelScope(shield=True):
+                await running.stop()
+            self._exit = (running, None)
+            self._unhealthy = reason
+            self._notify()
 
     async def _crashed(self) -> None:
         assert self._exit is not None
@@ -602,47 +604,3 @@ class Supervisor:
             self._revoke_leases(BackendCrashed("the gateway is shutting down",
                                                service=self.name))
             await self._stop("shutdown")
-
-    # --- for the API --------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        running = self._running
-        return {
-            "serviceId": self.name,
-            "state": self.state.name,
-            "machineId": self.placement.machine if running is not None else None,
-            "launcher": self.launcher_kind,
-            "upstream": self.placement.upstream,
-            "placements": [{"machine": p.machine, "upstream": p.upstream,
-                            "launcher": _kind(p.launcher)} for p in self.placements],
-            "readiness": {"probe": self.probe.describe(),
-                          "ready": self.state is State.READY,
-                          "lastResult": self.probe.last_result},
-            "queuePending": len(self._waiters),
-            "inFlight": len(self._leases),
-            "lastUsed": _iso(self.last_used),
-            "readySince": _iso(self.ready_since),
-            "lastStartDurationMs": (None if self.last_start_duration is None
-                                    else round(self.last_start_duration * 1000, 1)),
-            "lastError": self.last_error and {**self.last_error,
-                                              "at": _iso(self.last_error["at"])},
-            "cooldownRemainingS": (round(self._failed_until - trio.current_time(), 3)
-                                   if self.state is State.FAILED else None),
-            "group": self.group.name if self.group is not None else None,
-            "idleTimeoutS": self.config.idle_timeout,
-            "keepWarm": self.config.keep_warm,
-            "pid": running.pid if running is not None else None,
-            "starts": self.starts,
-            "logTail": running.log_tail(LOG_TAIL_LINES) if running is not None else
-            (self.last_error or {}).get("log_tail", []),
-        }
-
-
-def _kind(launcher: Launcher) -> str:
-    return getattr(launcher, "kind", type(launcher).__name__)
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
+from ..observability import iso_time
 from .client import SemaphoreClient, SemaphoreError
 
 __all__ = ["Automation", "TaskRecord", "TemplateError", "Templates", "check_templates"]
@@ -110,7 +111,8 @@ class TaskRecord:
         return {"task_id": self.task_id, "action": self.action, "status": self.status,
                 "template_id": self.template_id, "template": self.template,
                 "project_id": self.project_id, "machine_id": self.machine_id,
-                "started_at": iso(self.started_at), "completed_at": iso(self.completed_at),
+                "started_at": iso_time(self.started_at),
+                "completed_at": iso_time(self.completed_at),
                 "duration_ms": duration, "error": self.error}
 
 
@@ -145,8 +147,3 @@ class Automation:
                 "last_task": None if self.last is None else self.last.as_dict(),
                 "tasks": [r.as_dict() for r in reversed(self.history)]}
 
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
