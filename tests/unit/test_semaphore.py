@@ -401,3 +401,31 @@ async def test_a_stop_during_the_start_task_stops_it_and_cleans_up(standin, tmp_
     assert standin.tasks[1]["status"] == "error"  # Semaphore's own quirk for a non-forced stop
     assert standin.tasks[2]["status"] == "success"
     assert json.loads(standin.tasks[2]["environment"])["HESTIA_ACTION"] == "stop"
+
+
+async def test_an_unknown_template_id_is_reported_by_the_check_and_a_task_gets_a_clear_500(
+        standin, tmp_path, autojump_clock):
+    project = standin.add_project("infra")
+    standin.add_template(project, "start", environment={})
+    h = hub(standin, {"gpu": {"start_template": 7}})
+    errors, _ = await h.check()
+    assert errors == [("machines.gpu.semaphore.start_template",
+                       "no template with id 7 in Semaphore project 1")]
+    with pytest.raises(StartFailed) as caught:
+        await launcher(h, "gpu", tmp_path).start(CONTEXT)
+    assert caught.value.extra["reason"] == "semaphore_http_500"
+    assert "no such template, or the template cannot take this task" in caught.value.detail
+
+
+async def test_a_user_who_may_not_run_tasks_gets_a_start_failure_naming_the_role(
+        standin, tmp_path, autojump_clock):
+    standin.add_user("viewer", "secret", admin=False)
+    project = standin.add_project("infra", members={"viewer": "guest"})
+    standin.add_template(project, "start", environment={})
+    h = hub(standin, {"gpu": {"start_template": "start"}},
+            auth={"token": standin.create_token("viewer")})
+    with pytest.raises(StartFailed) as caught:
+        await launcher(h, "gpu", tmp_path).start(CONTEXT)
+    assert caught.value.extra["reason"] == "semaphore_http_403"
+    assert "needs the task_runner role" in caught.value.detail
+    assert standin.tasks == {}

@@ -82,6 +82,9 @@ class SemaphoreClient:
     async def templates(self, project: int) -> list[dict[str, Any]]:
         return await self._json("GET", f"/project/{project}/templates") or []
 
+    async def template(self, project: int, template_id: int) -> dict[str, Any]:
+        return await self._json("GET", f"/project/{project}/templates/{template_id}")
+
     async def create_task(self, project: int, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", f"/project/{project}/tasks", json=body)
 

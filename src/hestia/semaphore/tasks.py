@@ -54,6 +54,22 @@ class Templates:
                                 f"{project}: templates {sorted(ids)} have it; use the id")
         return ids[0]
 
+    async def check(self, project: int, ref: int | str) -> None:
+        """Raise `TemplateError` unless `ref` names exactly one template (or `SemaphoreError`).
+        An id is asked for: a task for an unknown id would only get a bare 500."""
+        if not isinstance(ref, int):
+            await self.id_of(project, ref)
+            return
+        try:
+            template = await self.client.template(project, ref)
+        except SemaphoreError as exc:
+            if exc.status != 404:
+                raise
+            raise TemplateError(f"no template with id {ref} in Semaphore project {project}"
+                                ) from None
+        if isinstance(template.get("name"), str):
+            self._titles[(project, ref)] = template["name"]
+
     def title(self, project: int, template_id: int) -> str | None:
         return self._titles.get((project, template_id))
 
@@ -78,11 +94,11 @@ async def check_templates(config: Config, templates: Templates,
         refs = [("start_template", launcher.start_template),
                 ("stop_template", launcher.stop_template)]
         for key, ref in refs:
-            if ref is None or isinstance(ref, int) or (project, ref) in seen:
-                continue  # an id is checked when it is used: Semaphore answers 500 for a bad one
+            if ref is None or (project, ref) in seen:
+                continue
             seen.add((project, ref))
             try:
-                await templates.id_of(project, ref)
+                await templates.check(project, ref)
             except TemplateError as exc:
                 errors.append((f"{path}.{key}", str(exc)))
             except SemaphoreError as exc:
