@@ -23,6 +23,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     Field,
     SecretStr,
     ValidationError,
@@ -54,6 +55,7 @@ __all__ = [
     "GroupConfig",
     "HealthConfig",
     "LauncherConfig",
+    "LimitsConfig",
     "MachineConfig",
     "PlacementConfig",
     "ProcessLauncherConfig",
@@ -162,11 +164,27 @@ class ActivityIgnoreConfig(_Model):
     """Substrings of `User-Agent` (case-insensitive), e.g. `UptimeRobot`, `kube-probe`."""
 
 
+class LimitsConfig(_Model):
+    """Bounds on what one client may send through the proxy. Sizes take `64KiB`, `100MiB`,
+    `1GB` or a number of bytes; 0 means no limit."""
+
+    max_header_size: ByteSize = ByteSize(64 * 1024)
+    """Request line plus headers (default 64KiB); beyond it: 431."""
+    max_body_size: ByteSize = ByteSize(100 * 1024 * 1024)
+    """Request body (default 100MiB, room for images in model requests); beyond it: 413,
+    before the backend is woken when the request announces its length."""
+    max_message_size: ByteSize = Field(default=ByteSize(16 * 1024 * 1024), ge=1)
+    """One WebSocket message, either way (default 16MiB)."""
+
+
 class ActivityConfig(_Model):
     """Which requests do not count as use: they never wake a cold backend (503 with
     `Retry-After` and `"state": "sleeping"`) and never reset its idle timer."""
 
     ignore: ActivityIgnoreConfig = ActivityIgnoreConfig()
+    websockets: Literal["activity", "ignore"] = "activity"
+    """`ignore`: an open WebSocket does not keep the backend awake (it is closed with 1001
+    when the backend stops). A WebSocket still wakes a sleeping backend when it connects."""
 
 
 class HealthConfig(_Model):
@@ -293,6 +311,7 @@ class ServiceConfig(_HasUpstream):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     startup: StartupConfig = StartupConfig()
     activity: ActivityConfig = ActivityConfig()
+    limits: LimitsConfig = LimitsConfig()
     health: HealthConfig | None = None
     """Off unless given."""
     on_restart: Literal["stop", "adopt"] = "stop"
@@ -483,7 +502,7 @@ def _machine_launchers(data: dict[str, Any]) -> None:
         fallbacks = service.get("fallbacks")
         for node in [service, *(fallbacks if isinstance(fallbacks, list) else [])]:
             if isinstance(node, dict) and "launcher" not in node and \
-                    node.get("machine") in shared:
+                    node.get("machine", "local") in shared:
                 node["launcher"] = {"semaphore": shared[node["machine"]]}
 
 

@@ -429,3 +429,14 @@ async def test_a_user_who_may_not_run_tasks_gets_a_start_failure_naming_the_role
     assert caught.value.extra["reason"] == "semaphore_http_403"
     assert "needs the task_runner role" in caught.value.detail
     assert standin.tasks == {}
+
+
+async def test_refused_credentials_are_a_configuration_error_not_a_warning(standin,
+                                                                           autojump_clock):
+    project = standin.add_project("infra")
+    standin.add_template(project, "start")
+    h = hub(standin, {"gpu": {"start_template": "start"}}, auth={"token": "x" * 44})
+    errors, unreachable = await h.check()
+    assert unreachable is None
+    assert errors == [("semaphore", "GET /project/1/templates: Semaphore refused the "
+                                    "credentials (401)")]

@@ -87,6 +87,9 @@ def _view(supervisor: Supervisor) -> dict[str, Any]:
 
 def _error(status: int, error: str, detail: str,
            supervisor: Supervisor | None = None) -> tuple[Response, int]:
-    return jsonify(error=error, detail=detail,
-                   service=supervisor.name if supervisor is not None else None,
-                   request_id=g.get("request_id", "")), status
+    body: dict[str, Any] = {"error": error, "detail": detail,
+                            "service": supervisor.name if supervisor is not None else None,
+                            "request_id": g.get("request_id", "")}
+    if supervisor is not None:
+        body["state"] = supervisor.state.name
+    return jsonify(body), status

@@ -216,16 +216,18 @@ class SemaphoreLauncher:
     async def _stop_task(self, record: TaskRecord, context: LaunchContext) -> None:
         assert record.task_id is not None
         # Not forced: a forced stop of a waiting task still runs it when dequeued (§7).
-        await self._call(self.client.stop_task(self.project, record.task_id, force=False),
-                         context, "stop")
-        log.info("semaphore_task_stop_requested", service=context.service,
-                 task_id=record.task_id, status=record.status)
+        if await self._call(self.client.stop_task(self.project, record.task_id, force=False),
+                            context, "stop_request"):
+            log.info("semaphore_task_stop_requested", service=context.service,
+                     task_id=record.task_id, status=record.status)
 
-    async def _call(self, call: Any, context: LaunchContext, what: str) -> None:
+    async def _call(self, call: Any, context: LaunchContext, what: str) -> bool:
         try:
             await call
         except SemaphoreError as exc:
             log.warning(f"semaphore_{what}_failed", service=context.service, detail=exc.message)
+            return False
+        return True
 
     async def _output(self, record: TaskRecord) -> list[str]:
         assert record.task_id is not None

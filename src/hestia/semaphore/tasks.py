@@ -102,7 +102,12 @@ async def check_templates(config: Config, templates: Templates,
             except TemplateError as exc:
                 errors.append((f"{path}.{key}", str(exc)))
             except SemaphoreError as exc:
-                return [], exc.message
+                if exc.reason in ("unreachable", "timeout") or (exc.status or 0) >= 500:
+                    return [], exc.message
+                # Semaphore answered, and said no: the credentials or the project are wrong.
+                where = f"{path}.project" if exc.status == 404 else "semaphore"
+                errors.append((where, exc.message))
+                return errors, None
     return errors, None
 
 
