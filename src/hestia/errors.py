@@ -5,6 +5,9 @@ HestiaError
 ├── ConfigError                 bad configuration: every problem, each with its path
 └── GatewayError                answered to a client (status, error code, Retry-After)
     ├── UnknownService          404  no service with that id
+    ├── RequestRejected         4xx  the request breaks a limit (`limits`)
+    │   ├── BodyTooLarge        413  body over `limits.max_body_size`
+    │   └── HeadersTooLarge     431  headers over `limits.max_header_size`
     ├── BackendUnavailable      503  + Retry-After
     │   ├── QueueFull           the backend's hold queue is at `queue.max`
     │   ├── QueueTimeout        waited `queue.timeout` without the backend becoming ready
@@ -14,7 +17,8 @@ HestiaError
     ├── UpstreamError           502
     │   ├── UpstreamUnreachable connection refused / no route / DNS
     │   ├── UpstreamReset       the upstream closed or reset the connection before answering
-    │   └── BackendCrashed      the backend process exited while this request was using it
+    │   ├── BackendCrashed      the backend process exited while this request was using it
+    │   └── BackendStopped      the backend was stopped (idle, API, shutdown) under this request
     └── UpstreamTimeout         504  connect, first byte or total deadline passed
 ```
 
@@ -31,12 +35,16 @@ from typing import Any
 __all__ = [
     "BackendCrashed",
     "BackendSleeping",
+    "BackendStopped",
     "BackendUnavailable",
+    "BodyTooLarge",
     "ConfigError",
     "GatewayError",
+    "HeadersTooLarge",
     "HestiaError",
     "QueueFull",
     "QueueTimeout",
+    "RequestRejected",
     "StartCancelled",
     "StartFailed",
     "UnknownService",
@@ -83,6 +91,21 @@ class UnknownService(GatewayError):
     code = "unknown_service"
 
 
+class RequestRejected(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class BodyTooLarge(RequestRejected):
+    status = 413
+    code = "body_too_large"
+
+
+class HeadersTooLarge(RequestRejected):
+    status = 431
+    code = "headers_too_large"
+
+
 class BackendUnavailable(GatewayError):
     status = 503
     code = "backend_unavailable"
@@ -123,6 +146,10 @@ class UpstreamReset(UpstreamError):
 
 class BackendCrashed(UpstreamError):
     code = "backend_crashed"
+
+
+class BackendStopped(UpstreamError):
+    code = "backend_stopped"
 
 
 class UpstreamTimeout(GatewayError):

@@ -32,6 +32,7 @@ from hypercorn.trio import serve
 
 from .config import Config
 from .errors import ConfigError
+from .http import hypercorn_fixes
 from .http.app import create_app
 from .launchers import make_launcher
 from .lifecycle.groups import Group
@@ -45,6 +46,9 @@ from .semaphore.hub import SemaphoreHub
 __all__ = ["Gateway", "build_supervisors", "run"]
 
 log = structlog.get_logger("hestia.gateway")
+
+# What hypercorn accepts as a request head when a service sets no header limit.
+HEADER_CAP = 1024 * 1024
 
 
 @dataclass
@@ -101,6 +105,15 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.backlog = 2048
     hc.include_server_header = False  # the upstream's own Server and Date headers pass through
     hc.include_date_header = False
+    # Hypercorn's own bounds must let every service's `limits` through, so that a request over a
+    # service's limit gets that service's 431 (hypercorn's own answer is a bare 400), and a
+    # WebSocket message as large as a service allows passes.
+    limits = [s.limits for s in config.services.values()]
+    hc.h11_max_incomplete_size = max(
+        [HEADER_CAP if not lim.max_header_size else lim.max_header_size for lim in limits]
+        + [hc.h11_max_incomplete_size]) + 4096
+    hc.websocket_max_message_size = max([lim.max_message_size for lim in limits]
+                                        + [hc.websocket_max_message_size])
     return hc
 
 
@@ -178,6 +191,7 @@ async def _run(config: Config, semaphore: SemaphoreHub | None, handle_signals: b
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
                  supervisors: list[Supervisor], *,
                  task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    hypercorn_fixes.apply()
     try:
         await serve(app, hconfig, shutdown_trigger=shutdown.wait,  # type: ignore[arg-type]
                     task_status=task_status)

@@ -337,7 +337,7 @@ async def test_a_request_outlasting_a_stop_gets_502_after_the_drain(start_gatewa
                     await trio.sleep(0.005)
                 assert (await http.post("/v1/services/up/stop")).status_code == 202
                 assert (await http.get("/v1/services/up/status")).json()["state"] == "STOPPING"
-            body = assert_error_body(responses[0], 502, "backend_crashed", "up")
+            body = assert_error_body(responses[0], 502, "backend_stopped", "up")
             assert "was stopped (api)" in body["detail"]
             await wait_for_state(gateway, "up", "COLD")
 

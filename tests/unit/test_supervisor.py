@@ -7,7 +7,14 @@ import trio
 import trio.lowlevel
 
 from hestia.config import ReadinessConfig, parse_config
-from hestia.errors import BackendCrashed, QueueFull, QueueTimeout, StartCancelled, StartFailed
+from hestia.errors import (
+    BackendCrashed,
+    BackendStopped,
+    QueueFull,
+    QueueTimeout,
+    StartCancelled,
+    StartFailed,
+)
 from hestia.http.status import service_status
 from hestia.lifecycle.groups import Group
 from hestia.lifecycle.placement import Machines, Placement
@@ -327,7 +334,7 @@ async def test_a_stop_request_revokes_requests_that_outlast_the_drain(nursery, a
         sup.request_stop()
         await trio.sleep(60)
     assert trio.current_time() == 10.0
-    assert isinstance(lease.error, BackendCrashed)
+    assert isinstance(lease.error, BackendStopped)
 
 
 async def test_close_fails_waiters_and_stops_the_backend(nursery, autojump_clock):

@@ -20,6 +20,7 @@ from ..observability import request_id_from
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
 from .status import service_status
+from .websocket import WebSocketProxy
 
 __all__ = ["create_app"]
 
@@ -34,13 +35,18 @@ def create_app(supervisors: Mapping[str, Supervisor],
     app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     proxy = ProxyHandler(supervisors)
+    websockets = WebSocketProxy(supervisors)
     quart_asgi = app.asgi_app
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (scope.get("raw_path") or b"").startswith(PREFIX):
-            await proxy(scope, receive, send)
-        else:
-            await quart_asgi(scope, receive, send)
+        if (scope.get("raw_path") or b"").startswith(PREFIX):
+            if scope["type"] == "http":
+                await proxy(scope, receive, send)
+                return
+            if scope["type"] == "websocket":
+                await websockets(scope, receive, send)
+                return
+        await quart_asgi(scope, receive, send)
 
     app.asgi_app = asgi  # type: ignore[method-assign]
 

@@ -27,7 +27,9 @@ import trio
 from ..config import ActivityIgnoreConfig
 from ..errors import (
     BackendSleeping,
+    BodyTooLarge,
     GatewayError,
+    HeadersTooLarge,
     UnknownService,
     UpstreamReset,
     UpstreamTimeout,
@@ -44,7 +46,7 @@ from .upstream import (
     request_head,
 )
 
-__all__ = ["PREFIX", "ProxyHandler"]
+__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "check_header_size"]
 
 log = structlog.get_logger("hestia.proxy")
 
@@ -73,20 +75,25 @@ class _ClientGone(Exception):
 class _ClientBody:
     """The request body as ASGI messages, plus the client's disconnect."""
 
-    __slots__ = ("receive", "buffered", "buffered_bytes", "done", "disconnected", "pulled")
+    __slots__ = ("receive", "buffered", "buffered_bytes", "done", "disconnected", "pulled",
+                 "limit", "sent")
 
-    def __init__(self, receive: Receive, has_body: bool) -> None:
+    def __init__(self, receive: Receive, has_body: bool, limit: int = 0) -> None:
         self.receive = receive
         self.buffered: list[bytes] = []
         self.buffered_bytes = 0
         self.done = not has_body
         self.disconnected = False
         self.pulled = False
+        self.limit = limit  # bytes; 0: none
+        self.sent = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk. Raises `_ClientGone`, or `BodyTooLarge` past `limit`
+        (a chunked body announces no length, so it is counted as it goes)."""
         buffered, self.buffered = self.buffered, []
         for chunk in buffered:
-            self.pulled = True
+            self._count(chunk)
             yield chunk
         while not self.done:
             message = await self.receive()
@@ -97,8 +104,15 @@ class _ClientBody:
                 self.done = True
             chunk = message.get("body", b"")
             if chunk:
-                self.pulled = True
+                self._count(chunk)
                 yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        self.pulled = True
+        self.sent += len(chunk)
+        if self.limit and self.sent > self.limit:
+            raise BodyTooLarge(f"the request body is larger than this service's limit of "
+                               f"{self.limit} bytes (limits.max_body_size)", limit=self.limit)
 
     async def watch(self, scope: trio.CancelScope) -> None:
         """Read ahead while waiting, and cancel `scope` when the client goes away."""
@@ -184,8 +198,12 @@ class ProxyHandler:
             query = scope.get("query_string", b"")
             if query:
                 target += b"?" + query
-            upstream_headers, chunked, has_body = self._request_headers(scope, exchange)
-            body = _ClientBody(receive, has_body)
+            limits = supervisor.config.limits
+            if limits.max_header_size:
+                check_header_size(scope, limits.max_header_size)
+            upstream_headers, chunked, has_body = self._request_headers(
+                scope, exchange, limits.max_body_size)
+            body = _ClientBody(receive, has_body, limits.max_body_size)
             rules = self._ignore.get(name)
             passive = rules is not None and rules.match(b"/" + rest, headers)
             await self._serve(supervisor, scope, body, send, target, upstream_headers, chunked,
@@ -435,10 +453,11 @@ class ProxyHandler:
         return conn
 
     @staticmethod
-    def _request_headers(scope: Scope,
-                         exchange: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    def _request_headers(scope: Scope, exchange: _Exchange, max_body: int = 0,
+                         ) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
         """The headers to send upstream (but `Host`, which depends on the placement), whether
-        the body is to be chunk-encoded, and whether there is a body at all."""
+        the body is to be chunk-encoded, and whether there is a body at all. Raises
+        `BodyTooLarge` when `Content-Length` is over `max_body` (0: no limit)."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         dropped = HOP_BY_HOP
         for name, value in headers:
@@ -468,6 +487,11 @@ class ProxyHandler:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", exchange.request_id.encode()))
         chunked = chunked and not has_length
+        if max_body and has_length and length.isdigit() and int(length) > max_body:
+            # Refused before the backend is woken for it.
+            raise BodyTooLarge(f"the request body ({int(length)} bytes) is larger than this "
+                               f"service's limit of {max_body} bytes (limits.max_body_size)",
+                               limit=max_body)
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
         return out, chunked, chunked or (has_length and length != b"0")
@@ -477,9 +501,28 @@ class ProxyHandler:
                           exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         # The client sees the request id Hestia logged, whatever the upstream says.
         dropped = HOP_BY_HOP | {b"x-request-id"}
+        event_stream = accel = False
         for name, value in headers:
             if name == b"connection":
                 dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+            elif name == b"content-type":
+                event_stream = value[:17].lower() == b"text/event-stream"
+            elif name == b"x-accel-buffering":
+                accel = True
         out = [(name, value) for name, value in headers if name not in dropped]
         out.append((b"x-request-id", exchange.request_id.encode()))
+        if event_stream and not accel:
+            # A reverse proxy in front of Hestia (nginx) must not hold back events either.
+            out.append((b"x-accel-buffering", b"no"))
         return out
+
+
+def check_header_size(scope: Scope, limit: int) -> None:
+    """Raise `HeadersTooLarge` when the request line and headers exceed `limit` bytes."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + 16
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    if size > limit:
+        raise HeadersTooLarge(f"the request headers ({size} bytes) are larger than this "
+                              f"service's limit of {limit} bytes (limits.max_header_size)",
+                              limit=limit)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import select
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -284,6 +285,9 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._idle: list[Connection] = []
         self._ssl_context = ssl.create_default_context() if tls else None
+        # How a connection is opened; unit tests put in-memory streams here.
+        self.open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = \
+            trio.open_tcp_stream
 
     def __repr__(self) -> str:
         return f"<UpstreamPool {self.host}:{self.port} idle={len(self._idle)}>"
@@ -292,7 +296,7 @@ class UpstreamPool:
         """A new connection. Raises `UpstreamUnreachable` or `UpstreamTimeout`."""
         try:
             with trio.fail_after(timeout) if timeout > 0 else trio.CancelScope():
-                stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+                stream: trio.abc.Stream = await self.open_stream(self.host, self.port)
                 if self._ssl_context is not None:
                     ssl_stream = trio.SSLStream(stream, self._ssl_context,
                                                 server_hostname=self.host)

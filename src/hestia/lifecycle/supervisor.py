@@ -35,6 +35,7 @@ import trio
 from ..config import ServiceConfig
 from ..errors import (
     BackendCrashed,
+    BackendStopped,
     GatewayError,
     QueueFull,
     QueueTimeout,
@@ -585,7 +586,7 @@ class Supervisor:
             with trio.move_on_after(self.drain_timeout):
                 while self._leases:
                     await self._changed.wait()
-            self._revoke_leases(BackendCrashed(f"{self.name!r} was stopped ({reason})",
+            self._revoke_leases(BackendStopped(f"{self.name!r} was stopped ({reason})",
                                                service=self.name))
         running, self._running = self._running, None
         if running is not None:
@@ -601,6 +602,6 @@ class Supervisor:
         self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name,
                                           retry_after=self.retry_after()))
         if self._running is not None:
-            self._revoke_leases(BackendCrashed("the gateway is shutting down",
+            self._revoke_leases(BackendStopped("the gateway is shutting down",
                                                service=self.name))
             await self._stop("shutdown")
