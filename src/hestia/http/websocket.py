@@ -76,6 +76,10 @@ class _Relay:
         self.code: int | None = None
         self.reason = ""
 
+    def note(self, closed_by: str, code: int, reason: str) -> None:
+        if self.closed_by is None:  # the first close is the one passed on
+            self.closed_by, self.code, self.reason = closed_by, code, reason
+
 
 class WebSocketProxy:
     """ASGI handler for every `websocket` whose path starts with `/services/`."""
@@ -147,14 +151,9 @@ class WebSocketProxy:
                                      tasks.cancel_scope)
                     tasks.start_soon(_upstream_to_client, upstream, send, relay,
                                      tasks.cancel_scope)
-            if lease.error is not None:
-                error = copy.copy(lease.error)
-                code = 1001 if isinstance(error, BackendStopped) else 1011
-                relay.closed_by, relay.code, relay.reason = "gateway", code, error.detail
-                await send({"type": "websocket.close", "code": code,
-                            "reason": _reason(error.detail)})
-                with trio.move_on_after(1):
-                    await upstream.aclose(1001, "going away")
+            # The relay only noted who closed how: the close is sent here, where nothing can
+            # cancel it halfway (which would leave the client with a bare 1006).
+            await _close(upstream, send, relay, lease)
             nursery.cancel_scope.cancel()
         return lease
 
@@ -231,14 +230,10 @@ async def _client_to_upstream(receive: Any, upstream: WebSocketConnection, relay
             try:
                 await upstream.send_message(data if data is not None else message["text"])
             except ConnectionClosed:
-                return  # the upstream closed: the other task tells the client
+                return  # the upstream closed: the other task notes how
             relay.messages_in += 1
         elif message["type"] == "websocket.disconnect":
-            code = int(message.get("code", 1000))
-            reason = message.get("reason") or ""
-            relay.closed_by, relay.code, relay.reason = "client", code, reason
-            with trio.move_on_after(5):
-                await upstream.aclose(1000 if code in _UNSENDABLE else code, reason or None)
+            relay.note("client", int(message.get("code", 1000)), message.get("reason") or "")
             done.cancel()
             return
 
@@ -252,15 +247,26 @@ async def _upstream_to_client(upstream: WebSocketConnection, send: Any, relay: _
             await send({"type": "websocket.send", key: data})
             relay.messages_out += 1
     except ConnectionClosed as exc:
-        code, reason = exc.reason.code, exc.reason.reason or ""
-        if relay.closed_by is None:
-            relay.closed_by, relay.code, relay.reason = "upstream", code, reason
-            if code == 1006:  # lost without a close frame: the backend died under it
-                code, reason = 1011, "the upstream connection was lost"
-            elif code in _UNSENDABLE:
-                code = 1000
-            await send({"type": "websocket.close", "code": code, "reason": _reason(reason)})
+        relay.note("upstream", exc.reason.code, exc.reason.reason or "")
         done.cancel()
+
+
+async def _close(upstream: WebSocketConnection, send: Any, relay: _Relay, lease: Lease) -> None:
+    """Pass the close on to the side that did not close (both, when the gateway closes)."""
+    if lease.error is not None and relay.closed_by != "client":
+        # Revoked: the backend crashed (1011) or was stopped (1001) under the socket.
+        error = copy.copy(lease.error)
+        relay.closed_by = None
+        relay.note("gateway", 1001 if isinstance(error, BackendStopped) else 1011, error.detail)
+    code, reason = relay.code or 1000, relay.reason
+    if relay.closed_by != "client":
+        if relay.closed_by == "upstream" and code == 1006:
+            code, reason = 1011, "the upstream connection was lost"  # it died under us
+        await send({"type": "websocket.close", "code": 1000 if code in _UNSENDABLE else code,
+                    "reason": _reason(reason)})
+    if relay.closed_by != "upstream":
+        with trio.move_on_after(5):
+            await upstream.aclose(1000 if code in _UNSENDABLE else code, reason or None)
 
 
 def _subprotocols(scope: dict[str, Any]) -> list[str]:
