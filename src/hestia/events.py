@@ -23,7 +23,7 @@ Event kinds and their fields (besides `seq`, `at`, `kind`, `service`):
 | `crashed` | `detail`, `exit_status` |
 | `queue_overflow` | `queue_max`, `state` |
 | `queue_timeout` | `waited_s`, `state` |
-| `semaphore_task` | `action`, `task_id`, `template_id`, `status`, `machine`, `duration_ms`,
+| `semaphore_task` | `action`, `task_id`, `template_id`, `status`, `machine_id`, `duration_ms`,
   `error` |
 | `machine` | `machine`, `enabled` (a person enabled or disabled it) |
 """

@@ -42,6 +42,7 @@ from ..errors import (
     StartCancelled,
     StartFailed,
 )
+from ..events import EventBus
 from ..http.upstream import UpstreamPool
 from ..launchers.base import LaunchContext, Launcher, Running
 from .groups import Group
@@ -62,7 +63,7 @@ class Supervisor:
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
                  fallbacks: Sequence[Placement] = (), machines: Machines | None = None,
                  group: Group | None = None, backend: str = "default",
-                 drain_timeout: float = 10.0) -> None:
+                 drain_timeout: float = 10.0, events: EventBus | None = None) -> None:
         self.name = name
         self.backend = backend
         self.config = config
@@ -71,6 +72,7 @@ class Supervisor:
         self.machines = machines or Machines()
         self.group = group
         self.drain_timeout = drain_timeout
+        self.events = events or EventBus()
         self.state = State.COLD
         self.last_used: float | None = None        # wall clock, for people
         self.last_error: dict[str, Any] | None = None
@@ -251,9 +253,15 @@ class Supervisor:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _emit(self, kind: str, **data: Any) -> None:
+        self.events.publish(kind, self.name, **data)
+
     def _set_state(self, state: State) -> None:
-        self.state = state
+        previous, self.state = self.state, state
         self._notify()
+        if previous is not state:
+            self._emit("state", state=state.name, previous=previous.name,
+                       machine=self.placement.machine)
         if self.group is not None and state in (State.COLD, State.FAILED):
             self.group.release(self)
 
@@ -276,6 +284,7 @@ class Supervisor:
         if len(self._waiters) >= self.config.queue.max:
             log.warning("queue_overflow", service=self.name, queue_max=self.config.queue.max,
                         state=self.state.name)
+            self._emit("queue_overflow", queue_max=self.config.queue.max, state=self.state.name)
             raise QueueFull(
                 f"{self.config.queue.max} requests are already waiting for {self.name!r}",
                 service=self.name, retry_after=self.retry_after(), state=self.state.name)
@@ -296,6 +305,8 @@ class Supervisor:
             self._waiters.pop(waiter, None)
             log.warning("queue_timeout", service=self.name, state=self.state.name,
                         waited_s=self.config.queue.timeout)
+            self._emit("queue_timeout", waited_s=self.config.queue.timeout,
+                       state=self.state.name)
             raise QueueTimeout(
                 f"{self.name!r} was not ready within {self.config.queue.timeout}s "
                 f"(state {self.state.name})",
@@ -415,6 +426,8 @@ class Supervisor:
         self._set_state(State.READY)
         log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
                  attempt=len(attempts) + 1, waiting=len(self._waiters), pid=running.pid)
+        self._emit("ready", machine=self.placement.machine, attempts=len(attempts) + 1,
+                   duration_ms=round(duration * 1000, 1))
         self._release_waiters()
 
     async def _attempt(self, number: int, attempts: list[dict[str, Any]]) -> Running | None:
@@ -439,6 +452,9 @@ class Supervisor:
                     await probe_once(self.name, self.probe)
                 else:
                     await until_ready(self.name, running, self.probe)
+            self._emit("start_attempt", attempt=number, machine=placement.machine,
+                       launcher=self.launcher_kind, ok=True,
+                       duration_ms=round((trio.current_time() - began) * 1000, 1))
             return running
         except trio.TooSlowError:
             failure: GatewayError = StartFailed(
@@ -461,6 +477,9 @@ class Supervisor:
                     attempt=number,
                     detail=failure.detail, duration_ms=round(duration * 1000, 1),
                     log_tail=failure.extra.get("log_tail"))
+        self._emit("start_attempt", attempt=number, machine=placement.machine,
+                   launcher=self.launcher_kind, ok=False, detail=failure.detail,
+                   duration_ms=round(duration * 1000, 1))
         return None
 
     @property
@@ -494,6 +513,8 @@ class Supervisor:
             "backend_start_cancelled" if cancelled else "backend_start_failed",
             service=self.name, detail=error.detail, attempts=len(attempts),
             duration_ms=round(duration * 1000, 1))
+        self._emit("start_failed", detail=error.detail, attempts=len(attempts),
+                   cancelled=cancelled, duration_ms=round(duration * 1000, 1))
         cooldown = self.config.startup.cooldown
         if cancelled or cooldown <= 0 or self._closing:
             self._set_state(State.COLD)
@@ -569,6 +590,7 @@ class Supervisor:
                                exit_status=status, log_tail=tail)
         self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
                            "exit_status": status, "log_tail": tail}
+        self._emit("crashed", detail=reason, exit_status=status)
         log.error("backend_crashed", service=self.name, detail=reason, exit_status=status,
                   in_flight=len(self._leases), log_tail=tail)
         self._revoke_leases(error)
@@ -595,6 +617,8 @@ class Supervisor:
         await self.pool.clear()
         self.ready_since = None
         self._set_state(State.COLD)
+        self._emit("stopped", reason=reason,
+                   duration_ms=round((trio.current_time() - began) * 1000, 1))
         log.info("backend_stopped", service=self.name, reason=reason,
                  stop_duration_ms=round((trio.current_time() - began) * 1000, 1))
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 
 from ..config import Config, SemaphoreLauncherConfig
+from ..events import EventBus
 from ..launchers.semaphore import SemaphoreLauncher
 from .client import SemaphoreClient
-from .tasks import Automation, Templates, check_templates
+from .tasks import Automation, TaskRecord, Templates, check_templates
 
 __all__ = ["SemaphoreHub"]
 
@@ -18,10 +19,11 @@ __all__ = ["SemaphoreHub"]
 class SemaphoreHub:
     """Built by the gateway when the configuration has `semaphore`; close it with `aclose`."""
 
-    def __init__(self, config: Config, *,
+    def __init__(self, config: Config, *, events: EventBus | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         assert config.semaphore is not None
         self.config = config
+        self.events = events
         self.client = SemaphoreClient(config.semaphore, transport=transport)
         self.templates = Templates(self.client)
         self.automations: dict[str, Automation] = {}
@@ -29,10 +31,20 @@ class SemaphoreHub:
     def launcher(self, service: str, launcher: SemaphoreLauncherConfig,
                  log_path: Path) -> SemaphoreLauncher:
         assert self.config.semaphore is not None
-        automation = self.automations.setdefault(service, Automation())
+        automation = self.automations.get(service)
+        if automation is None:
+            automation = self.automations[service] = Automation(
+                lambda record: self._publish(service, record))
         return SemaphoreLauncher(launcher, self.config.semaphore, self.client, self.templates,
                                  automation, project=self.config.project_of(launcher),
                                  log_path=log_path)
+
+    def _publish(self, service: str, record: TaskRecord) -> None:
+        if self.events is not None:
+            task = record.as_dict()
+            self.events.publish("semaphore_task", service, **{
+                k: task[k] for k in ("action", "task_id", "template_id", "status", "machine_id",
+                                     "duration_ms", "error")})
 
     async def check(self) -> tuple[list[tuple[str, str]], str | None]:
         """See `check_templates`."""

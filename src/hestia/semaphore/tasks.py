@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,8 @@ class TaskRecord:
 class Automation:
     """The Semaphore tasks of one backend, across its placements."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_finish: Callable[[TaskRecord], None] | None = None) -> None:
+        self.on_finish = on_finish  # the gateway publishes each finished task as an event
         self.current: TaskRecord | None = None
         self.last: TaskRecord | None = None
         self.history: deque[TaskRecord] = deque(maxlen=HISTORY)
@@ -158,6 +160,8 @@ class Automation:
             self.current = None
         self.last = record
         self.history.append(record)
+        if self.on_finish is not None:
+            self.on_finish(record)
 
     def status(self, machine_id: str | None) -> dict[str, Any]:
         current = self.current
