@@ -8,12 +8,16 @@ from .config import Config, load_config, parse_config
 from .errors import (
     BackendCrashed,
     BackendSleeping,
+    BackendStopped,
     BackendUnavailable,
+    BodyTooLarge,
     ConfigError,
     GatewayError,
+    HeadersTooLarge,
     HestiaError,
     QueueFull,
     QueueTimeout,
+    RequestRejected,
     StartCancelled,
     StartFailed,
     UnknownService,
@@ -22,21 +26,28 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .events import Event, EventBus
 from .gateway import Gateway, run
 from .lifecycle.supervisor import Lease, State, Supervisor
 
 __all__ = [
     "BackendCrashed",
     "BackendSleeping",
+    "BackendStopped",
     "BackendUnavailable",
+    "BodyTooLarge",
     "Config",
     "ConfigError",
+    "Event",
+    "EventBus",
     "Gateway",
     "GatewayError",
+    "HeadersTooLarge",
     "HestiaError",
     "Lease",
     "QueueFull",
     "QueueTimeout",
+    "RequestRejected",
     "StartCancelled",
     "StartFailed",
     "State",

@@ -57,6 +57,7 @@ __all__ = [
     "LauncherConfig",
     "LimitsConfig",
     "MachineConfig",
+    "NotifyConfig",
     "PlacementConfig",
     "ProcessLauncherConfig",
     "QueueConfig",
@@ -239,6 +240,20 @@ class PlacementConfig(_HasUpstream):
     readiness: ReadinessConfig | None = None
 
 
+class NotifyConfig(_Model):
+    """A webhook: lifecycle events (see `GET /v1/events`) are POSTed to `url` as JSON."""
+
+    url: Upstream
+    events: list[str] = []
+    """Event kinds to send (`ready`, `start_failed`, `crashed`, …); empty: all of them."""
+    services: list[str] = []
+    """Services whose events are sent; empty: all of them."""
+    timeout: Duration = Field(default=5.0, gt=0)
+    """Bound on one delivery attempt."""
+    attempts: int = Field(default=3, ge=1, le=10)
+    """Tries per event, 1s then 2s, 4s … apart; after the last the event is dropped (logged)."""
+
+
 class SemaphoreConfig(_Model):
     """Where Ansible Semaphore is and how to log in (see docs/semaphore.md). `url`, `token`,
     `username` and `password` default to `SEMAPHORE_BASE_URL`, `SEMAPHORE_API_TOKEN`,
@@ -332,6 +347,8 @@ class Config(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     semaphore: SemaphoreConfig | None = None
     """Needed by `semaphore` launchers."""
+    notify: list[NotifyConfig] = []
+    """Webhooks for lifecycle events."""
     machines: dict[str, MachineConfig] = {}
     """Machines placements can name; `local` needs no entry."""
     groups: dict[str, GroupConfig] = {}

@@ -32,6 +32,7 @@ from hypercorn.trio import serve
 
 from .config import Config
 from .errors import ConfigError
+from .events import EventBus
 from .http import hypercorn_fixes
 from .http.app import create_app
 from .launchers import make_launcher
@@ -41,6 +42,8 @@ from .lifecycle.readiness import make_probe
 from .lifecycle.recovery import recover
 from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
+from .metrics import Metrics
+from .notify import Notifier
 from .semaphore.hub import SemaphoreHub
 
 __all__ = ["Gateway", "build_supervisors", "run"]
@@ -58,6 +61,7 @@ class Gateway:
     urls: list[str]
     supervisors: dict[str, Supervisor]
     _shutdown: trio.Event = field(repr=False)
+    events: EventBus = field(default_factory=EventBus, repr=False)
 
     @property
     def url(self) -> str:
@@ -69,7 +73,8 @@ class Gateway:
 
 
 def build_supervisors(config: Config, machines: Machines | None = None,
-                      semaphore: SemaphoreHub | None = None) -> dict[str, Supervisor]:
+                      semaphore: SemaphoreHub | None = None,
+                      events: EventBus | None = None) -> dict[str, Supervisor]:
     machines = machines or Machines(config)
     groups = {name: Group(name, g.max_running) for name, g in config.groups.items()}
     supervisors: dict[str, Supervisor] = {}
@@ -89,7 +94,7 @@ def build_supervisors(config: Config, machines: Machines | None = None,
             name, service, launcher(service.launcher), make_probe(service),
             fallbacks=fallbacks, machines=machines,
             group=groups[service.group] if service.group is not None else None,
-            drain_timeout=config.grace_period)
+            drain_timeout=config.grace_period, events=events)
     return supervisors
 
 
@@ -133,11 +138,12 @@ async def run(config: Config, *, handle_signals: bool = True,
     if not _is_loopback(config.listen):
         log.warning("listening_beyond_loopback", listen=config.listen,
                     detail="anyone who can reach this address can use every service")
-    semaphore = SemaphoreHub(config) if config.semaphore is not None else None
+    events = EventBus()
+    semaphore = SemaphoreHub(config, events=events) if config.semaphore is not None else None
     try:
         if semaphore is not None:
             await _check_templates(semaphore)
-        await _run(config, semaphore, handle_signals, task_status)
+        await _run(config, events, semaphore, handle_signals, task_status)
     finally:
         if semaphore is not None:
             with trio.CancelScope(shield=True):
@@ -156,13 +162,17 @@ async def _check_templates(semaphore: SemaphoreHub) -> None:
                     consequence="template names are looked up before the first task")
 
 
-async def _run(config: Config, semaphore: SemaphoreHub | None, handle_signals: bool,
-               task_status: trio.TaskStatus[Gateway]) -> None:
+async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
+               handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
     machines = Machines(config)
-    supervisors = build_supervisors(config, machines, semaphore)
-    app = create_app(supervisors, machines)
+    supervisors = build_supervisors(config, machines, semaphore, events)
+    metrics = Metrics(supervisors)
+    events.add_listener(metrics.listen)
+    app = create_app(supervisors, machines, events=events, metrics=metrics)
     shutdown = trio.Event()
     async with trio.open_nursery() as root:
+        if config.notify:
+            await root.start(Notifier(config.notify, events).run)
         # The signal watcher outlives the forced stop, so that a third signal cannot kill
         # Hestia while its backends are being stopped.
         with trio.CancelScope() as stop_now:
@@ -184,7 +194,7 @@ async def _run(config: Config, semaphore: SemaphoreHub | None, handle_signals: b
                 urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
                                                     shutdown, list(supervisors.values())))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
-                task_status.started(Gateway(urls, supervisors, shutdown))
+                task_status.started(Gateway(urls, supervisors, shutdown, events))
         root.cancel_scope.cancel()
 
 

@@ -155,7 +155,8 @@ def test_the_public_surface_is_sorted_and_complete():
     assert hestia.__all__ == sorted(hestia.__all__)
     public = {name for name in vars(hestia) if not name.startswith("_")}
     modules = {"config", "errors", "gateway", "lifecycle", "http", "launchers",
-               "observability", "defaults", "cli", "demo", "launch_config", "semaphore"}
+               "observability", "defaults", "cli", "demo", "launch_config", "semaphore",
+               "events", "metrics", "notify", "store"}
     assert public - modules == set(hestia.__all__)
 
 

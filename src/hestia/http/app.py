@@ -14,9 +14,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..errors import GatewayError, UnknownService, error_response
+from ..events import EventBus
 from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
+from ..metrics import Metrics
 from ..observability import request_id_from
+from .observe_api import observe_blueprint
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
 from .status import service_status
@@ -27,14 +30,16 @@ __all__ = ["create_app"]
 API_MAX_BODY = 1024 * 1024
 
 
-def create_app(supervisors: Mapping[str, Supervisor],
-               machines: Machines | None = None) -> QuartTrio:
+def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None = None, *,
+               events: EventBus | None = None, metrics: Metrics | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors."""
     machines = machines or Machines()
+    events = events or EventBus()
+    metrics = metrics or Metrics(supervisors)
     app = QuartTrio("hestia")
     app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    proxy = ProxyHandler(supervisors)
+    proxy = ProxyHandler(supervisors, metrics)
     websockets = WebSocketProxy(supervisors)
     quart_asgi = app.asgi_app
 
@@ -58,6 +63,7 @@ def create_app(supervisors: Mapping[str, Supervisor],
         return supervisor
 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
+    app.register_blueprint(observe_blueprint(events, metrics))
 
     @app.before_request
     async def _request_id() -> None:
@@ -98,7 +104,7 @@ def create_app(supervisors: Mapping[str, Supervisor],
             api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
                  "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
                  "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
-                 "/v1/semaphore/stop", "/__health"])
+                 "/v1/semaphore/stop", "/v1/events", "/v1/metrics", "/metrics", "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:
@@ -112,6 +118,8 @@ def create_app(supervisors: Mapping[str, Supervisor],
             return jsonify(error="not_found", detail=detail, service=None,
                            request_id=g.get("request_id", "")), 404
         changed = machines.set_enabled(machine_id, action == "enable")
+        if changed:
+            events.publish("machine", None, machine=machine_id, enabled=action == "enable")
         status = next(m for m in machines.status() if m["machineId"] == machine_id)
         return jsonify(**status, changed=changed), 200
 

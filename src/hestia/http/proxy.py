@@ -36,6 +36,7 @@ from ..errors import (
     error_response,
 )
 from ..lifecycle.supervisor import Lease, Supervisor
+from ..metrics import Metrics
 from ..observability import request_id_from
 from .upstream import (
     LAST_CHUNK,
@@ -136,7 +137,7 @@ class _Exchange:
     """What one proxied request has done so far (for the error path and the log line)."""
 
     __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes",
-                 "total_deadline", "first_byte_deadline")
+                 "total_deadline", "first_byte_deadline", "sent_at")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
@@ -147,6 +148,7 @@ class _Exchange:
         self.body_bytes = 0
         self.total_deadline = math.inf
         self.first_byte_deadline = math.inf
+        self.sent_at = 0.0
 
 
 class _IgnoreRules:
@@ -173,8 +175,10 @@ class _IgnoreRules:
 class ProxyHandler:
     """ASGI handler for every `http` request whose path starts with `/services/`."""
 
-    def __init__(self, supervisors: Mapping[str, Supervisor]) -> None:
+    def __init__(self, supervisors: Mapping[str, Supervisor],
+                 metrics: Metrics | None = None) -> None:
         self.supervisors = supervisors
+        self.metrics = metrics
         self._ignore = {name: _IgnoreRules(sup.config.activity.ignore)
                         for name, sup in supervisors.items()
                         if sup.config.activity.ignore.paths
@@ -218,6 +222,8 @@ class ProxyHandler:
             outcome = "client_disconnected"
         else:
             outcome = None
+        if self.metrics is not None:
+            self.metrics.request(name, exchange.status, trio.current_time() - began)
         log.info("request", request_id=exchange.request_id, service=name,
                  method=scope["method"], path=raw_path.decode("latin-1"),
                  status=exchange.status, bytes=exchange.body_bytes,
@@ -241,7 +247,10 @@ class ProxyHandler:
                     f"{supervisor.name!r} is not running, and this request does not wake it "
                     "(activity.ignore)", service=supervisor.name,
                     retry_after=supervisor.retry_after(), state="sleeping")
+            waited = trio.current_time()
             lease = await self._wait_for_lease(supervisor, body)
+            if self.metrics is not None:
+                self.metrics.queue_wait(supervisor.name, trio.current_time() - waited)
         # Where the backend runs is known only now (a fallback placement has its own upstream).
         placement = supervisor.placement
         request = request_head(scope["method"].encode(), placement.prefix + target,
@@ -297,7 +306,7 @@ class ProxyHandler:
                 retryable = method in IDEMPOTENT
                 conn = await self._send_request(supervisor, request, body, chunked,
                                                 retryable=retryable)
-                now = trio.current_time()
+                now = exchange.sent_at = trio.current_time()
                 if timeouts.first_byte > 0:
                     exchange.first_byte_deadline = now + timeouts.first_byte
                 cancel.deadline = min(exchange.total_deadline, exchange.first_byte_deadline,
@@ -322,6 +331,7 @@ class ProxyHandler:
                     head = await conn.read_head(method)
                 reader = BodyReader(conn, head)
                 data = reader.take()
+                self._first_byte(supervisor, exchange)
             if cancel.cancelled_caught:
                 self._cut_short(lease, body, exchange, timeouts, quick_ok=quick)
             assert conn is not None
@@ -358,6 +368,7 @@ class ProxyHandler:
                     nursery.start_soon(self._watch_disconnect, body, exchange, cancel)
                 if reader is None:
                     reader = BodyReader(conn, await conn.read_head(method))
+                    self._first_byte(supervisor, exchange)
                     cancel.deadline = exchange.total_deadline
                     data = reader.take()
                 head = reader.head
@@ -387,6 +398,10 @@ class ProxyHandler:
         if not exchange.finished:
             self._cut_short(lease, body, exchange, supervisor.config.timeouts, quick_ok=False)
         await send({"type": "http.response.body", "body": data, "more_body": False})
+
+    def _first_byte(self, supervisor: Supervisor, exchange: _Exchange) -> None:
+        if self.metrics is not None:
+            self.metrics.first_byte(supervisor.name, trio.current_time() - exchange.sent_at)
 
     @staticmethod
     def _cut_short(lease: Lease, body: _ClientBody, exchange: _Exchange, timeouts: Any, *,
