@@ -11,6 +11,10 @@
    stamp file) to the moment the client has its response, median over several cold starts.
 3. Gateway memory (VmRSS, VmHWM) while 2,000 requests are held during one slow (10 s) start,
    and whether all of them are answered 200.
+4. Streaming (benchmarks/streaming.py, upstream benchmarks/stream_upstream.py), direct and
+   through Hestia: the delay a chunk of a chunked response takes to arrive (1,000 chunks 5 ms
+   apart), 1 GiB download and upload throughput, and the gateway's peak RSS meanwhile.
+   `--quick`: 200 chunks and 128 MiB.
 
 Every server runs in a process of its own. With two or more CPUs (and without --no-pin) the
 server under test (Hestia or hypercorn) is pinned to CPU 0, and the load generator and the
@@ -42,6 +46,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import streaming
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -647,6 +653,19 @@ def bench_memory(args: argparse.Namespace, procs: Processes, python: str, workdi
         gateway.stop()
 
 
+def bench_streaming(args: argparse.Namespace, procs: Processes, python: str, workdir: Path,
+                    server_cpus: set[int] | None, client_cpus: set[int] | None,
+                    results: dict[str, Any]) -> None:
+    port = free_port()
+    gateway = Gateway(procs, python, workdir, "gateway-streaming", {
+        streaming.SERVICE: streaming.upstream_service(port, sys.executable, client_cpus),
+    }, server_cpus, args.gateway_log_level)
+    try:
+        results["streaming"] = streaming.measure(gateway, port, quick=args.quick)
+    finally:
+        gateway.stop()
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -674,6 +693,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "target": f"all {TARGET_HELD}", "pass": memory["ok"] == memory["held"] >= TARGET_HELD}
         summary["gateway_rss_mb"] = {"value": peak_mb, "target": f"<= {TARGET_RSS_MB:.0f} MB",
                                      "pass": peak_mb <= TARGET_RSS_MB}
+    summary.update(streaming.summarize(results.get("streaming")))
     return summary
 
 
@@ -728,6 +748,9 @@ def print_report(results: dict[str, Any]) -> None:
               f"{memory['rss_held_kb'] / 1024:.1f} MB, peak VmHWM {memory['hwm_kb'] / 1024:.1f} MB"
               f"; listen-queue overflows (dropped SYNs) during the test: "
               f"{memory['listen_overflows']}")
+    if results.get("streaming"):
+        print()
+        print("\n".join(streaming.report(results["streaming"])))
     summary = results.get("summary", {})
     if summary:
         print()
@@ -736,11 +759,11 @@ def print_report(results: dict[str, Any]) -> None:
                  "added_p50_c1_ms": "added p50 (c)-(a) at c=1, ms",
                  "cold_start_added_ms": "cold-start added latency, median ms",
                  "held_requests": "held requests answered",
-                 "gateway_rss_mb": "gateway peak RSS (VmHWM), MB"}
+                 "gateway_rss_mb": "gateway peak RSS (VmHWM), MB", **streaming.TARGET_NAMES}
         for key, item in summary.items():
             value = item["value"]
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-            print(f"  {names[key]:38} {shown:>22}  target {item['target']:18} "
+            print(f"  {names[key]:42} {shown:>22}  target {item['target']:18} "
                   f"{verdict(item['pass'])}")
     print()
 
@@ -767,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["throughput", "cold", "memory"])
+                        choices=["throughput", "cold", "memory", "streaming"])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -837,6 +860,9 @@ def main(argv: list[str] | None = None) -> int:
         if "memory" not in args.skip:
             print(f"memory with {args.held} held requests:", file=sys.stderr, flush=True)
             bench_memory(args, procs, python, workdir, server_cpus, client_cpus, results)
+        if "streaming" not in args.skip:
+            print("streaming:", file=sys.stderr, flush=True)
+            bench_streaming(args, procs, python, workdir, server_cpus, client_cpus, results)
     except KeyboardInterrupt:
         print("interrupted: stopping every process started", file=sys.stderr)
         failed = True

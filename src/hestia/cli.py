@@ -1,20 +1,24 @@
-"""The `hestia` command: `serve` and `check`."""
+"""The `hestia` command: `serve`, `check`, `keys`, `status`, `start`, `stop`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from importlib.metadata import version
 
+import httpx
 import trio
 
 from .config import Config, load_config, parse_config
 from .defaults import DEMO_CONFIG
 from .errors import ConfigError
-from .gateway import run
+from .gateway import CLI_KEY_FILE, DB_NAME, run
+from .http.auth import SCOPES, hash_key, new_key
 from .observability import configure_logging
 from .semaphore.hub import SemaphoreHub
+from .store import Store, StoreError
 
 __all__ = ["main"]
 
@@ -74,6 +78,107 @@ async def _check_semaphore(config: Config) -> tuple[list[tuple[str, str]], str |
         await hub.aclose()
 
 
+def _store(config: Config) -> Store:
+    return Store(config.data_dir / DB_NAME)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    config, _ = _load(args.config)
+    store = _store(config)
+    key = new_key()
+    try:
+        store.add_key(args.name, args.scope, hash_key(key), key[:12])
+    except StoreError as exc:
+        print(f"hestia: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    note = "" if config.auth.enabled else " (auth.enabled is off: keys are not checked yet)"
+    print(f"created key {args.name!r} with scope {args.scope}{note}.\n"
+          "It is shown once, now; Hestia keeps only its hash:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    config, _ = _load(args.config)
+    store = _store(config)
+    try:
+        rows = store.keys()
+    finally:
+        store.close()
+    print(f"{'NAME':<20} {'SCOPE':<6} {'PREFIX':<10} {'CREATED':<20} {'LAST USED':<20} STATUS")
+    for row in rows:
+        print(f"{row['name']:<20} {row['scope']:<6} {row['prefix']:<10} "
+              f"{_when(row['created_at']):<20} {_when(row['last_used_at']):<20} "
+              f"{'revoked ' + _when(row['revoked_at']) if row['revoked_at'] else 'active'}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    config, _ = _load(args.config)
+    store = _store(config)
+    try:
+        revoked = store.revoke_key(args.name)
+    finally:
+        store.close()
+    if not revoked:
+        print(f"hestia: no active key named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked key {args.name!r}")
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _api(args: argparse.Namespace, method: str, path: str) -> httpx.Response:
+    """A request to the running gateway of the configuration, with its key."""
+    config, _ = _load(args.config)
+    host, _, port = config.listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    headers = {}
+    key = os.environ.get("HESTIA_API_KEY") or _cli_key(config)
+    if key:
+        headers["X-API-Key"] = key
+    try:
+        return httpx.request(method, f"http://{host}:{port}{path}", headers=headers, timeout=10)
+    except httpx.TransportError as exc:
+        raise SystemExit(f"hestia: no gateway answers at {host}:{port}: {exc}") from None
+
+
+def _cli_key(config: Config) -> str | None:
+    try:
+        return (config.data_dir / CLI_KEY_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    response = _api(args, "GET", "/v1/services")
+    if response.status_code != 200:
+        print(f"hestia: {response.status_code}: {response.text}", file=sys.stderr)
+        return 1
+    services = response.json()["services"]
+    print(f"{'SERVICE':<20} {'STATE':<9} {'MACHINE':<12} {'IN FLIGHT':>9} {'WAITING':>7} "
+          "LAST USED")
+    for s in services:
+        print(f"{s['serviceId']:<20} {s['state']:<9} {s['machineId'] or '-':<12} "
+              f"{s['inFlight']:>9} {s['queuePending']:>7} {s['lastUsed'] or '-'}")
+    return 0
+
+
+def _start_or_stop(args: argparse.Namespace) -> int:
+    response = _api(args, "POST", f"/v1/services/{args.service}/{args.action}")
+    body = response.json()
+    if response.status_code == 202:
+        print(f"{args.service}: {body['state']}")
+        return 0
+    print(f"hestia: {body.get('detail', response.text)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hestia", description="A personal on-demand service gateway.")
@@ -90,6 +195,30 @@ def main(argv: list[str] | None = None) -> None:
     check = commands.add_parser("check", help="validate a configuration and list every error")
     check.add_argument("-c", "--config", help="YAML configuration file")
     check.set_defaults(handler=_check)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; prints it once")
+    create.add_argument("name")
+    create.add_argument("--scope", choices=SCOPES, default="admin")
+    create.add_argument("-c", "--config", help="YAML configuration file")
+    create.set_defaults(handler=_keys_create)
+    listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("-c", "--config", help="YAML configuration file")
+    listing.set_defaults(handler=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("name")
+    revoke.add_argument("-c", "--config", help="YAML configuration file")
+    revoke.set_defaults(handler=_keys_revoke)
+
+    status = commands.add_parser("status", help="the services of the running gateway")
+    status.add_argument("-c", "--config", help="YAML configuration file")
+    status.set_defaults(handler=_status)
+    for action in ("start", "stop"):
+        command = commands.add_parser(action, help=f"{action} a service of the running gateway")
+        command.add_argument("service")
+        command.add_argument("-c", "--config", help="YAML configuration file")
+        command.set_defaults(handler=_start_or_stop, action=action)
 
     args = parser.parse_args(argv)
     try:

@@ -48,6 +48,7 @@ from .launch_config import (
 __all__ = [
     "ActivityConfig",
     "ActivityIgnoreConfig",
+    "AuthConfig",
     "CommandLauncherConfig",
     "Config",
     "ContainerLauncherConfig",
@@ -254,6 +255,15 @@ class NotifyConfig(_Model):
     """Tries per event, 1s then 2s, 4s … apart; after the last the event is dropped (logged)."""
 
 
+class AuthConfig(_Model):
+    """API keys (see docs/configuration.md#api-keys); keys are made with `hestia keys`."""
+
+    enabled: bool = False
+    """When on, every route but `/__health` needs a key with the right scope."""
+    forward_authorization: bool = False
+    """Pass the header that carried the key on to the upstream (off: it is removed)."""
+
+
 class SemaphoreConfig(_Model):
     """Where Ansible Semaphore is and how to log in (see docs/semaphore.md). `url`, `token`,
     `username` and `password` default to `SEMAPHORE_BASE_URL`, `SEMAPHORE_API_TOKEN`,
@@ -329,6 +339,8 @@ class ServiceConfig(_HasUpstream):
     limits: LimitsConfig = LimitsConfig()
     health: HealthConfig | None = None
     """Off unless given."""
+    auth: Literal["required", "none"] = "required"
+    """With `auth.enabled`: `none` lets anyone use this service without a key."""
     on_restart: Literal["stop", "adopt"] = "stop"
     """What to do at start with a backend process a previous Hestia launched and left behind
     (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
@@ -345,6 +357,7 @@ class Config(_Model):
     """In-flight requests get this long to finish when the gateway shuts down, and when a
     service is stopped through the API (default 10s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auth: AuthConfig = AuthConfig()
     semaphore: SemaphoreConfig | None = None
     """Needed by `semaphore` launchers."""
     notify: list[NotifyConfig] = []

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import structlog
 import trio
@@ -35,8 +37,10 @@ from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
 from .http.app import create_app
+from .http.auth import AuthGate, hash_key, new_key
 from .launchers import make_launcher
 from .lifecycle.groups import Group
+from .lifecycle.history import StartHistory
 from .lifecycle.placement import Machines, Placement
 from .lifecycle.readiness import make_probe
 from .lifecycle.recovery import recover
@@ -45,6 +49,7 @@ from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier
 from .semaphore.hub import SemaphoreHub
+from .store import Store
 
 __all__ = ["Gateway", "build_supervisors", "run"]
 
@@ -52,6 +57,11 @@ log = structlog.get_logger("hestia.gateway")
 
 # What hypercorn accepts as a request head when a service sets no header limit.
 HEADER_CAP = 1024 * 1024
+DB_NAME = "hestia.db"
+# An admin key for `hestia status|start|stop` on this machine, written (mode 0600) at each start.
+CLI_KEY_FILE = "cli.key"
+CLI_KEY_NAME = "hestia-cli"
+SAVE_EVERY_S = 30.0
 
 
 @dataclass
@@ -166,11 +176,31 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
                handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
     machines = Machines(config)
     supervisors = build_supervisors(config, machines, semaphore, events)
+    store = Store(config.data_dir / DB_NAME)
+    try:
+        _restore(store, supervisors, machines, semaphore)
+        if config.auth.enabled:
+            _write_cli_key(store, config)
+        await _serve_all(config, events, store, machines, supervisors, handle_signals,
+                         task_status)
+    finally:
+        store.close()
+
+
+async def _serve_all(config: Config, events: EventBus, store: Store, machines: Machines,
+                     supervisors: dict[str, Supervisor], handle_signals: bool,
+                     task_status: trio.TaskStatus[Gateway]) -> None:
     metrics = Metrics(supervisors)
     events.add_listener(metrics.listen)
-    app = create_app(supervisors, machines, events=events, metrics=metrics)
+    events.add_listener(store.record_event)
+    app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store)
+    if config.auth.enabled:
+        app = AuthGate(app, config, store)
     shutdown = trio.Event()
     async with trio.open_nursery() as root:
+        # The writer first, and out last: it writes what the supervisors' stops publish.
+        await root.start(store.run)
+        root.start_soon(_save_periodically, store, supervisors)
         if config.notify:
             await root.start(Notifier(config.notify, events).run)
         # The signal watcher outlives the forced stop, so that a third signal cannot kill
@@ -195,7 +225,55 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
                                                     shutdown, list(supervisors.values())))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
                 task_status.started(Gateway(urls, supervisors, shutdown, events))
+        _save(store, supervisors)
         root.cancel_scope.cancel()
+
+
+def _restore(store: Store, supervisors: dict[str, Supervisor], machines: Machines,
+             semaphore: SemaphoreHub | None) -> None:
+    """What the previous run knew: last use, last error, start history, machines a person
+    disabled, Semaphore tasks."""
+    rows = store.services()
+    for name, supervisor in supervisors.items():
+        row = rows.get(name)
+        if row is None:
+            continue
+        supervisor.last_used = row.get("last_used")
+        supervisor.last_error = row.get("last_error")
+        supervisor.starts = row.get("starts") or 0
+        durations = store.start_durations(name)
+        supervisor.history = StartHistory(durations)
+        if durations:
+            supervisor.last_start_duration = durations[-1]
+        if semaphore is not None and name in semaphore.automations:
+            semaphore.automations[name].restore(store.tasks(name))
+    for machine_id, row in store.machines().items():
+        if machine_id in machines and row.get("enabled") is not None:
+            machines.set_enabled(machine_id, bool(row["enabled"]))
+
+
+def _save(store: Store, supervisors: dict[str, Supervisor]) -> None:
+    for name, supervisor in supervisors.items():
+        store.save_service(name, state=supervisor.state.name, last_used=supervisor.last_used,
+                           last_error=supervisor.last_error, starts=supervisor.starts)
+
+
+async def _save_periodically(store: Store, supervisors: dict[str, Supervisor]) -> None:
+    # `last_used` changes with every request: saved now and then, and at the end, not each time.
+    while True:
+        await trio.sleep(SAVE_EVERY_S)
+        _save(store, supervisors)
+
+
+def _write_cli_key(store: Store, config: Config) -> None:
+    """A fresh admin key for the CLI on this machine, readable by this user only."""
+    key = new_key()
+    store.revoke_key(CLI_KEY_NAME)
+    store.add_key(CLI_KEY_NAME, "admin", hash_key(key), key[:12])
+    path = config.data_dir / CLI_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
 
 
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,

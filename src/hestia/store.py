@@ -88,7 +88,11 @@ def _v1(db: Database) -> None:
         "id": int, "at": float, "service": str, "kind": str, "reason": str,
         "duration_ms": float, "detail": str,
     }, pk="id")
+    # "Newest" is the latest `at`, then the highest id: these indexes hold rows in that order
+    # (an index ends with the rowid), so reads and pruning walk them with no sort.
     db["activity"].create_index(["service", "at"])
+    db["activity"].create_index(["service", "kind", "at"])
+    db["activity"].create_index(["at"])
     db["tasks"].create({
         "id": int, "service": str, "action": str, "task_id": int, "template_id": int,
         "template": str, "project_id": int, "machine_id": str, "status": str,
@@ -397,21 +401,23 @@ class Store:
         """The last `limit` cold-start durations of `service`, in seconds, oldest first."""
         rows = self._db.execute(
             "SELECT duration_ms FROM activity WHERE service = ? AND kind = 'ready' "
-            "AND duration_ms IS NOT NULL ORDER BY id DESC LIMIT ?", [service, limit]).fetchall()
+            "AND duration_ms IS NOT NULL ORDER BY at DESC, id DESC LIMIT ?",
+            [service, limit]).fetchall()
         return [ms / 1000 for (ms,) in reversed(rows)]
 
     def activity(self, service: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Events, newest first (all services' when `service` is None)."""
-        return self._newest("activity", service, limit)
+        return self._newest("activity", service, limit, "at DESC, id DESC")
 
     def tasks(self, service: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Semaphore tasks, newest first."""
-        return self._newest("tasks", service, limit)
+        return self._newest("tasks", service, limit, "id DESC")
 
-    def _newest(self, table: str, service: str | None, limit: int) -> list[dict[str, Any]]:
+    def _newest(self, table: str, service: str | None, limit: int,
+                order: str) -> list[dict[str, Any]]:
         where, args = ("service = ?", [service]) if service is not None else (None, None)
         return [_decoded(row) for row in self._db[table].rows_where(
-            where, args, order_by="id DESC", limit=limit)]
+            where, args, order_by=order, limit=limit)]
 
     # --- API keys (synchronous) ----------------------------------------------------------------
 
@@ -452,8 +458,9 @@ class Store:
                                    "ORDER BY created_at, name"))
 
     def find_key(self, key_hash: str) -> dict[str, Any] | None:
-        """The active key with this hash (without the hash), or None."""
-        rows = list(self._db.query(f"SELECT {KEY_COLUMNS} FROM auth_keys "
+        """The active key with this hash, or None. The row carries the stored hash, for the
+        caller's constant-time comparison."""
+        rows = list(self._db.query(f"SELECT {KEY_COLUMNS}, key_hash FROM auth_keys "
                                    "WHERE key_hash = ? AND revoked_at IS NULL", [key_hash]))
         return rows[0] if rows else None
 
@@ -487,13 +494,16 @@ def _touch_key(name: str, at: float, db: Database) -> None:
 
 def _prune(keep_activity: int, db: Database) -> None:
     """Keep the newest rows of each service: `keep_activity` of activity, `KEEP_TASKS` tasks."""
-    for table, keep in (("activity", keep_activity), ("tasks", KEEP_TASKS)):
+    for table, keep, order in (("activity", keep_activity, ("at", "id")),
+                               ("tasks", KEEP_TASKS, ("id",))):
         crowded = db.execute(f"SELECT service FROM {table} GROUP BY service "
                              "HAVING count(*) > ?", [keep]).fetchall()
+        columns, newest = ", ".join(order), ", ".join(f"{c} DESC" for c in order)
         for (service,) in crowded:
-            db.execute(f"DELETE FROM {table} WHERE service IS ? AND id <= (SELECT id FROM "
-                       f"{table} WHERE service IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                       [service, service, keep])
+            # Everything from the first row past the newest `keep` on (a row-value comparison).
+            db.execute(f"DELETE FROM {table} WHERE service IS ? AND ({columns}) <= (SELECT "
+                       f"{columns} FROM {table} WHERE service IS ? ORDER BY {newest} "
+                       "LIMIT 1 OFFSET ?)", [service, service, keep])
 
 
 # --- values ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
+from ..store import Store
 from .observe_api import observe_blueprint
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
@@ -31,7 +32,8 @@ API_MAX_BODY = 1024 * 1024
 
 
 def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None = None, *,
-               events: EventBus | None = None, metrics: Metrics | None = None) -> QuartTrio:
+               events: EventBus | None = None, metrics: Metrics | None = None,
+               store: Store | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors."""
     machines = machines or Machines()
     events = events or EventBus()
@@ -63,7 +65,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
         return supervisor
 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
-    app.register_blueprint(observe_blueprint(events, metrics))
+    app.register_blueprint(observe_blueprint(events, metrics, store))
 
     @app.before_request
     async def _request_id() -> None:
@@ -104,7 +106,8 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
             api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
                  "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
                  "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
-                 "/v1/semaphore/stop", "/v1/events", "/v1/metrics", "/metrics", "/__health"])
+                 "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
+                 "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:

@@ -5,6 +5,8 @@
   with `Last-Event-ID` first gets the events it missed that are still in the recent history.
   A comment line every 15 s keeps idle connections open through proxies.
 - `GET /metrics`: Prometheus text; `GET /v1/metrics`: the same samples as JSON.
+- `GET /v1/activity[?serviceId=ID&limit=N]`: the stored history of lifecycle events, newest
+  first (it survives restarts; `limit` defaults to 100, at most 1,000).
 """
 
 from __future__ import annotations
@@ -17,14 +19,26 @@ from quart import Blueprint, Response, jsonify, request
 
 from ..events import Event, EventBus
 from ..metrics import Metrics
+from ..store import Store
 
 __all__ = ["observe_blueprint"]
 
 KEEP_ALIVE_S = 15.0
 
 
-def observe_blueprint(events: EventBus, metrics: Metrics) -> Blueprint:
+def observe_blueprint(events: EventBus, metrics: Metrics, store: Store | None = None,
+                      ) -> Blueprint:
     api = Blueprint("observe", __name__)
+
+    @api.get("/v1/activity")
+    async def activity() -> Response:
+        limit = request.args.get("limit", "100")
+        count = min(1000, int(limit)) if limit.isdigit() else 100
+        service = request.args.get("serviceId")
+        rows = store.activity(service, count) if store is not None else [
+            e.as_dict() for e in reversed(events.recent)
+            if service is None or e.service == service][:count]
+        return jsonify(activity=rows)
 
     @api.get("/v1/events")
     async def stream_events() -> Response:

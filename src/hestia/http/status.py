@@ -30,6 +30,10 @@ def service_status(sup: Supervisor) -> dict[str, Any]:
         "readySince": iso_time(sup.ready_since),
         "lastStartDurationMs": (None if sup.last_start_duration is None
                                 else round(sup.last_start_duration * 1000, 1)),
+        "expectedStartMs": (None if (expected := sup.history.expected()) is None
+                            else round(expected * 1000)),
+        "estimatedWaitMs": (None if (wait := sup.history.remaining()) is None
+                            else round(wait * 1000)),
         "lastError": sup.last_error and {**sup.last_error, "at": iso_time(sup.last_error["at"])},
         "cooldownRemainingS": None if cooldown is None else round(cooldown, 3),
         "group": sup.group.name if sup.group is not None else None,

@@ -46,6 +46,7 @@ from ..events import EventBus
 from ..http.upstream import UpstreamPool
 from ..launchers.base import LaunchContext, Launcher, Running
 from .groups import Group
+from .history import StartHistory
 from .leases import Lease, State, _Waiter
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, probe_once, until_ready, watch_health
@@ -77,6 +78,7 @@ class Supervisor:
         self.last_used: float | None = None        # wall clock, for people
         self.last_error: dict[str, Any] | None = None
         self.last_start_duration: float | None = None
+        self.history = StartHistory()
         self.ready_since: float | None = None      # wall clock
         self.starts = 0
         self._leases: set[Lease] = set()
@@ -244,8 +246,16 @@ class Supervisor:
         self._notify()
 
     def retry_after(self) -> float:
-        """A fair guess of when a refused client should try again, in seconds."""
-        return max(1.0, self.last_start_duration or 5.0)
+        """A fair guess of when a refused client should try again, in seconds: what is left
+        of a start under way, or how long starts take, from past starts."""
+        wait = self.history.remaining()
+        if wait is None:
+            wait = self.history.expected() or self.last_start_duration or 5.0
+        return max(1.0, wait)
+
+    def _estimate(self) -> dict[str, Any]:
+        wait = self.history.remaining()
+        return {} if wait is None else {"estimated_wait_ms": round(wait * 1000)}
 
     # --- state changes (synchronous: decide here, act in run()) --------------------------------
 
@@ -287,7 +297,8 @@ class Supervisor:
             self._emit("queue_overflow", queue_max=self.config.queue.max, state=self.state.name)
             raise QueueFull(
                 f"{self.config.queue.max} requests are already waiting for {self.name!r}",
-                service=self.name, retry_after=self.retry_after(), state=self.state.name)
+                service=self.name, retry_after=self.retry_after(), state=self.state.name,
+                **self._estimate())
         waiter = _Waiter()
         self._waiters[waiter] = None
         self._notify()
@@ -310,7 +321,8 @@ class Supervisor:
             raise QueueTimeout(
                 f"{self.name!r} was not ready within {self.config.queue.timeout}s "
                 f"(state {self.state.name})",
-                service=self.name, retry_after=self.retry_after(), state=self.state.name)
+                service=self.name, retry_after=self.retry_after(), state=self.state.name,
+                **self._estimate())
         if waiter.error is not None:
             raise copy.copy(waiter.error)
         assert waiter.lease is not None
@@ -385,6 +397,7 @@ class Supervisor:
         self._exit = None
         self.starts += 1
         self._set_state(State.STARTING)
+        self.history.begin()
         began = trio.current_time()
         startup = self.config.startup
         attempts: list[dict[str, Any]] = []
@@ -416,8 +429,10 @@ class Supervisor:
         self._start_scope = None
         duration = trio.current_time() - began
         if running is None or cancelled:
+            self.history.end(None)
             await self._start_failed(attempts, duration, cancelled=cancelled)
             return
+        self.history.end(duration)
         self._failures = 0
         self.last_start_duration = duration
         self.ready_since = time.time()

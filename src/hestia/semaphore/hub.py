@@ -43,8 +43,9 @@ class SemaphoreHub:
         if self.events is not None:
             task = record.as_dict()
             self.events.publish("semaphore_task", service, **{
-                k: task[k] for k in ("action", "task_id", "template_id", "status", "machine_id",
-                                     "duration_ms", "error")})
+                k: task[k] for k in ("action", "task_id", "template_id", "template",
+                                     "project_id", "status", "machine_id", "duration_ms",
+                                     "error")})
 
     async def check(self) -> tuple[list[tuple[str, str]], str | None]:
         """See `check_templates`."""

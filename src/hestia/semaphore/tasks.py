@@ -163,6 +163,18 @@ class Automation:
         if self.on_finish is not None:
             self.on_finish(record)
 
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Task records from the store (newest first), as the history before this run."""
+        for row in reversed(rows[:HISTORY]):
+            record = TaskRecord(
+                row.get("action") or "?", row.get("project_id") or 0, row.get("template_id"),
+                str(row.get("template") or row.get("template_id")), row.get("machine_id") or "",
+                row.get("task_id"), row.get("status") or "?",
+                started_at=row.get("started_at") or 0.0, completed_at=row.get("completed_at"),
+                error=row.get("error"))
+            self.history.append(record)
+            self.last = record
+
     def status(self, machine_id: str | None) -> dict[str, Any]:
         current = self.current
         return {"enabled": True, "provider": "semaphore", "machine_id": machine_id,

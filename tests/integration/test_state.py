@@ -1,0 +1,118 @@
+"""What survives a restart (real files in a temp dir), and API keys end to end."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import httpx
+import trio
+
+from hestia import parse_config, run
+from tests.integration.conftest import client, upstream_service
+
+
+async def _gateway(nursery: trio.Nursery, tmp_path: Path, **top: object):
+    raw = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data"), "grace_period": "2s",
+           **top}
+    return await nursery.start(partial(run, parse_config(raw, env={}), handle_signals=False))
+
+
+async def test_a_restart_keeps_last_use_history_and_disabled_machines(tmp_path):
+    service = upstream_service(idle_timeout="1h")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            first = await _gateway(nursery, tmp_path, machines={"gpu": {}},
+                                   services={"up": service})
+            async with client(first) as http:
+                assert (await http.get("/services/up/health")).status_code == 200
+                assert (await http.post("/v1/machines/gpu/disable")).status_code == 200
+                before = (await http.get("/v1/services/up/status")).json()
+            first.shutdown()
+        async with trio.open_nursery() as nursery:
+            second = await _gateway(nursery, tmp_path, machines={"gpu": {}},
+                                    services={"up": service})
+            async with client(second) as http:
+                status = (await http.get("/v1/services/up/status")).json()
+                machines = (await http.get("/v1/machines")).json()["machines"]
+                activity = (await http.get("/v1/activity",
+                                           params={"serviceId": "up"})).json()["activity"]
+            second.shutdown()
+    assert status["state"] == "COLD"  # the backend was stopped with the first gateway
+    assert status["lastUsed"] == before["lastUsed"] is not None
+    assert status["starts"] == 1
+    assert status["expectedStartMs"] == round(before["lastStartDurationMs"])
+    assert next(m for m in machines if m["machineId"] == "gpu")["enabled"] is False
+    kinds = [row["kind"] for row in reversed(activity)]
+    assert kinds[:4] == ["state", "start_attempt", "state", "ready"]
+    assert "stopped" in kinds
+    assert activity[0]["at"] > activity[-1]["at"]
+
+
+def hestia(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hestia", *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
+        start_gateway, tmp_path, capfd):
+    import yaml
+
+    data = tmp_path / "data"
+    config = tmp_path / "hestia.yml"
+    services = {"up": upstream_service(), "open": upstream_service(auth="none")}
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "auth": {"enabled": True},
+                                      "services": services}))
+    made = {scope: hestia(config, "keys", "create", f"{scope}-key", "--scope", scope)
+            for scope in ("admin", "read", "proxy")}
+    keys = {scope: result.stdout.strip().splitlines()[-1] for scope, result in made.items()}
+    assert all(r.returncode == 0 for r in made.values())
+    assert all(k.startswith("hestia_") and len(k) == 50 for k in keys.values())
+    duplicate = hestia(config, "keys", "create", "admin-key")
+    assert duplicate.returncode == 1 and "admin-key" in duplicate.stderr
+
+    with trio.fail_after(60):
+        gateway = await start_gateway(data_dir=str(data), auth={"enabled": True},
+                                      services=services)
+        async with client(gateway) as http:
+            assert (await http.get("/__health")).status_code == 200
+            missing = await http.get("/v1/services")
+            assert missing.status_code == 401
+            assert missing.json()["request_id"] == missing.headers["x-request-id"]
+            wrong = await http.get("/v1/services", headers={"X-API-Key": "hestia_" + "x" * 43})
+            assert (wrong.status_code, wrong.json()["error"]) == (401, "unauthorized")
+            read = {"X-API-Key": keys["read"]}
+            assert (await http.get("/v1/services", headers=read)).status_code == 200
+            forbidden = await http.post("/v1/services/up/start", headers=read)
+            assert (forbidden.status_code, forbidden.json()["error"]) == (403, "forbidden")
+            assert (await http.get("/services/up/echo", headers=read)).status_code == 403
+            bearer = {"Authorization": f"Bearer {keys['proxy']}"}
+            echoed = await http.get("/services/up/echo", headers=bearer)
+            assert echoed.status_code == 200
+            sent = {name.lower() for name, _ in echoed.json()["headers"]}
+            assert "authorization" not in sent  # the credential stays with Hestia
+            assert (await http.get("/v1/services", headers=bearer)).status_code == 403
+            assert (await http.get("/services/open/health")).status_code == 200  # auth: none
+            admin = {"X-API-Key": keys["admin"]}
+            assert (await http.post("/v1/services/up/stop", headers=admin)).status_code == 202
+
+            revoked = hestia(config, "keys", "revoke", "read-key")
+            assert revoked.returncode == 0
+            await trio.sleep(5.1)  # a lookup is cached for 5 s
+            assert (await http.get("/v1/services", headers=read)).status_code == 401
+            listed = hestia(config, "keys", "list")
+            assert "read-key" in listed.stdout and "revoked" in listed.stdout
+
+    # Never in plain text: not in the database, not in any log line.
+    with sqlite3.connect(data / "hestia.db") as db:
+        dump = "\n".join(db.iterdump())
+    out, err = capfd.readouterr()
+    for key in keys.values():
+        assert key not in dump
+        assert key not in out and key not in err
+    assert listed.stdout.count("hestia_") == 4  # prefixes only: three keys and the CLI's
+    assert all(key[:12] in listed.stdout for key in keys.values())
+    _ = httpx
