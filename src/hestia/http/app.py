@@ -20,6 +20,7 @@ from ..lifecycle.supervisor import State, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
 from ..store import Store
+from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
@@ -66,6 +67,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
     app.register_blueprint(observe_blueprint(events, metrics, store))
+    app.register_blueprint(dispatch_blueprint(proxy))
 
     @app.before_request
     async def _request_id() -> None:
@@ -107,7 +109,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
                  "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
                  "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
                  "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
-                 "/__health"])
+                 "/v1/requests", "/v1/openapi.json", "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:

@@ -216,6 +216,8 @@ class ProxyHandler:
             if error.service is None:
                 error.service = name
             if not exchange.response_started:
+                # `POST /v1/requests` answers Hestia's own errors as such (see dispatch.py).
+                scope.get("hestia.errors", []).append(error)
                 await self._send_error(send, error, exchange)
             outcome = error.code
         except _ClientGone:

@@ -1,0 +1,142 @@
+"""`POST /v1/requests`: one proxied request described as JSON, for callers that cannot change a
+base URL (scripts, workflow tools).
+
+Request (`GatewayRequest`): `{"serviceId", "method" (GET), "path" ("/", with its query),
+"headers" ({name: value}), "body" (text, or base64 with "bodyEncoding": "base64")}`.
+
+It goes through the proxy exactly as `/services/{serviceId}{path}` would: the backend is started
+if needed, the request held, limits and deadlines apply. The answer:
+
+- the upstream answered (whatever its status): `200` with `GatewayResponse` `{"status",
+  "headers" ([[name, value]…], in order), "body", "bodyEncoding" ("utf-8" or "base64")}`;
+- Hestia could not get an answer (unknown service 404, start failed 503, upstream 502/504…):
+  that real status, with the usual JSON error body;
+- a bad `GatewayRequest`: `400 bad_request`.
+
+The response body is collected in memory, so it is capped at `MAX_RESPONSE` (16 MiB); a larger
+one is `502 response_too_large`. Streams belong on `/services/…`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, g, jsonify, request
+
+from ..errors import GatewayError, error_response
+from .proxy import PREFIX, ProxyHandler
+
+__all__ = ["MAX_RESPONSE", "dispatch_blueprint"]
+
+MAX_RESPONSE = 16 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
+    api = Blueprint("dispatch", __name__)
+
+    @api.post("/v1/requests")
+    async def dispatch() -> tuple[Response, int] | Response:
+        spec = await request.get_json(force=True, silent=True)
+        problem, scope, body = _scope(spec, request.headers.get("X-Request-ID"),
+                                      request.remote_addr)
+        if problem is not None:
+            return jsonify(error="bad_request", detail=problem, service=None,
+                           request_id=g.get("request_id", "")), 400
+        errors: list[GatewayError] = scope["hestia.errors"]
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+        size = 0
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await trio.sleep_forever()  # the caller of the API stays for the whole answer
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal size
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if size > MAX_RESPONSE:
+                    raise _TooLarge
+                chunks.append(message.get("body", b""))
+
+        try:
+            await proxy(scope, receive, send)
+        except _TooLarge:
+            error = GatewayError(f"the response is larger than {MAX_RESPONSE} bytes; use "
+                                 f"/services/{spec['serviceId']}{spec.get('path', '/')}",
+                                 service=spec["serviceId"])
+            error.status, error.code = 502, "response_too_large"
+            errors.append(error)
+        if errors:
+            status, headers, payload = error_response(errors[0], g.get("request_id", ""))
+            keep = [(k.decode(), v.decode()) for k, v in headers
+                    if k in (b"retry-after", b"cache-control")]
+            return Response(payload, status=status, content_type="application/json",
+                            headers=keep)
+        data = b"".join(chunks)
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(data).decode(), "base64"
+        return jsonify(status=start.get("status", 502),
+                       headers=[[k.decode("latin-1"), v.decode("latin-1")]
+                                for k, v in start.get("headers", [])],
+                       body=text, bodyEncoding=encoding)
+
+    return api
+
+
+def _scope(spec: Any, request_id: str | None, remote: str | None,
+           ) -> tuple[str | None, dict[str, Any], bytes]:
+    """The ASGI scope of the described request, or what is wrong with the description."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("serviceId"), str) \
+            or not spec["serviceId"]:
+        return 'the body must be a JSON object with a "serviceId"', {}, b""
+    method = spec.get("method", "GET")
+    path = spec.get("path", "/")
+    headers = spec.get("headers", {})
+    body = spec.get("body")
+    if not isinstance(method, str) or not method.isalpha():
+        return '"method" must be an HTTP method such as "GET"', {}, b""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return '"path" must start with "/"', {}, b""
+    if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        return '"headers" must be an object of strings', {}, b""
+    if body is not None and not isinstance(body, str):
+        return '"body" must be a string (or base64 with "bodyEncoding": "base64")', {}, b""
+    raw = (body or "").encode()
+    if spec.get("bodyEncoding") == "base64":
+        try:
+            raw = base64.b64decode(body or "", validate=True)
+        except (binascii.Error, ValueError):
+            return '"body" is not valid base64', {}, b""
+    target, _, query = path.partition("?")
+    sent = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "host")]
+    if raw or method.upper() in ("POST", "PUT", "PATCH"):
+        sent.append((b"content-length", str(len(raw)).encode()))
+    if request_id and not any(k == b"x-request-id" for k, _ in sent):
+        sent.append((b"x-request-id", request_id.encode("latin-1")))
+    sent.append((b"host", b"hestia"))
+    raw_path = PREFIX + spec["serviceId"].encode() + target.encode()
+    scope = {"type": "http", "method": method.upper(), "path": raw_path.decode("latin-1"),
+             "raw_path": raw_path, "query_string": query.encode(), "headers": sent,
+             "http_version": "1.1", "scheme": "http",
+             "client": (remote or "127.0.0.1", 0), "hestia.errors": []}
+    return None, scope, raw
