@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 import trio
+import yaml
 
 from hestia import parse_config, run
-from tests.integration.conftest import client, upstream_service
+from tests.integration.conftest import client, serve_file, upstream_service
 
 
 async def _gateway(nursery: trio.Nursery, tmp_path: Path, **top: object):
@@ -59,8 +60,6 @@ def hestia(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
         start_gateway, tmp_path, capfd):
-    import yaml
-
     data = tmp_path / "data"
     config = tmp_path / "hestia.yml"
     services = {"up": upstream_service(), "open": upstream_service(auth="none")}
@@ -115,4 +114,28 @@ async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
         assert key not in out and key not in err
     assert listed.stdout.count("hestia_") == 4  # prefixes only: three keys and the CLI's
     assert all(key[:12] in listed.stdout for key in keys.values())
-    _ = httpx
+
+
+
+async def test_the_cli_finds_the_running_gateway_and_uses_its_key(tmp_path):
+    async with serve_file(tmp_path, upstream_service(), auth={"enabled": True}) as served:
+        config = tmp_path / "hestia.yml"
+        run_cli = partial(trio.to_thread.run_sync, hestia)
+        with trio.fail_after(60):
+            started = await run_cli(config, "start", "up")
+            assert (started.returncode, started.stdout.strip()) == (0, "up: STARTING")
+            async with httpx.AsyncClient() as http:
+                key = (tmp_path / "data" / "cli.key").read_text().strip()
+                assert (tmp_path / "data" / "cli.key").stat().st_mode & 0o777 == 0o600
+                while (await http.get(f"{served.url}/v1/services/up/status",
+                                      headers={"X-API-Key": key})).json()["state"] != "READY":
+                    await trio.sleep(0.05)
+            status = await run_cli(config, "status")
+            assert status.returncode == 0
+            header, row = status.stdout.splitlines()
+            assert header.split()[:3] == ["SERVICE", "STATE", "MACHINE"]
+            assert row.split()[:3] == ["up", "READY", "local"]
+            again = await run_cli(config, "start", "up")
+            assert again.returncode == 1 and "already READY" in again.stderr
+            stopped = await run_cli(config, "stop", "up")
+            assert (stopped.returncode, stopped.stdout.strip()) == (0, "up: STOPPING")
