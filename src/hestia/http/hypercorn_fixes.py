@@ -1,4 +1,4 @@
-"""One narrow fix to hypercorn, applied when the gateway starts serving.
+"""Two narrow changes to hypercorn, applied when the gateway starts serving.
 
 Hypercorn (0.18 and before; upstream issue pgjones/hypercorn#127) loses the close code and
 reason a WebSocket *client* sends: its `websocket.disconnect` event always says 1006 (or 1000),
@@ -17,6 +17,7 @@ from typing import Any
 
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import StreamClosed
+from hypercorn.trio import tcp_server
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection
 
@@ -25,8 +26,17 @@ __all__ = ["apply"]
 _applied = False
 
 
+# Hypercorn reads a client's socket 64 KiB at a time, and each read becomes one ASGI body
+# message: an upload crosses Hestia in that many pieces, each with its own scheduling and
+# syscalls. Larger reads make fewer, larger messages; memory stays bounded by hypercorn's
+# queue of `max_app_queue_size` messages per request.
+CLIENT_READ_SIZE = 256 * 1024
+
+
 def apply() -> None:
     global _applied
+    if getattr(tcp_server, "MAX_RECV", None) == 2**16:
+        tcp_server.MAX_RECV = CLIENT_READ_SIZE
     stream = ws_stream.WSStream
     if _applied or not all(hasattr(stream, name) for name in ("handle", "_send_wsproto_event")):
         return

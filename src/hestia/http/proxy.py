@@ -63,6 +63,9 @@ QUICK = 0.05
 # While a request waits for its backend, this much of its body is read ahead so that a client
 # going away is noticed; past it, reading stops until the upstream takes the body (backpressure).
 WAIT_READ_AHEAD = 64 * 1024
+# Reading what is left of a request body after an early answer: at most this much, this long.
+DRAIN_MAX = 16 * 1024 * 1024
+DRAIN_S = 5.0
 
 Scope = dict[str, Any]
 Receive = Any
@@ -193,6 +196,7 @@ class ProxyHandler:
         if "%" in name:
             name = unquote(name)
         exchange = _Exchange(request_id_from(headers), name)
+        body: _ClientBody | None = None
         try:
             supervisor = self.supervisors.get(name)
             if supervisor is None:
@@ -218,6 +222,10 @@ class ProxyHandler:
             if not exchange.response_started:
                 # `POST /v1/requests` answers Hestia's own errors as such (see dispatch.py).
                 scope.get("hestia.errors", []).append(error)
+                if body is None or not (body.done or body.disconnected):
+                    # Hypercorn closes the connection as soon as an answer is complete while
+                    # the request is not: drain first, so the client gets to read it.
+                    await _drain(receive)
                 await self._send_error(send, error, exchange)
             outcome = error.code
         except _ClientGone:
@@ -532,6 +540,19 @@ class ProxyHandler:
             # A reverse proxy in front of Hestia (nginx) must not hold back events either.
             out.append((b"x-accel-buffering", b"no"))
         return out
+
+
+async def _drain(receive: Receive) -> None:
+    """Before an early answer (413, 503 …), read and drop what is left of the request body, so
+    that a client still sending it gets to read the answer instead of a reset connection.
+    Bounded in bytes and time; past either, the answer goes out and the connection closes."""
+    drained = 0
+    with trio.move_on_after(DRAIN_S):
+        while drained <= DRAIN_MAX:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            drained += len(message.get("body", b""))
 
 
 def check_header_size(scope: Scope, limit: int) -> None:
