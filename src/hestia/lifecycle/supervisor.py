@@ -40,25 +40,23 @@ from ..errors import (
     QueueFull,
     QueueTimeout,
     StartCancelled,
-    StartFailed,
 )
 from ..events import EventBus
 from ..http.upstream import UpstreamPool
-from ..launchers.base import LaunchContext, Launcher, Running
+from ..launchers.base import Launcher, Running
 from .groups import Group
 from .history import StartHistory
 from .leases import Lease, State, _Waiter
 from .placement import Machines, Placement
-from .readiness import LOG_TAIL_LINES, Probe, probe_once, until_ready, watch_health
+from .readiness import LOG_TAIL_LINES, Probe, watch_health
+from .startup import StartSequence
 
 __all__ = ["Lease", "State", "Supervisor"]
 
 log = structlog.get_logger("hestia.supervisor")
 
-KEEP_WARM_MAX_BACKOFF = 60.0
 
-
-class Supervisor:
+class Supervisor(StartSequence):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -386,163 +384,9 @@ class Supervisor:
                     self._failure = None
                     self._set_state(State.COLD)
 
-    async def _start(self, nursery: trio.Nursery) -> None:
-        """Try `startup.attempts` times with backoff: READY, or FAILED listing every attempt."""
-        self._start_requested = False
-        placements = [p for p in self.placements
-                      if self._start_on is None or p.machine == self._start_on
-                      ] or self.placements
-        self._start_on = None
-        self._retry_at = math.inf
-        self._exit = None
-        self.starts += 1
-        self._set_state(State.STARTING)
-        self.history.begin()
-        began = trio.current_time()
-        startup = self.config.startup
-        attempts: list[dict[str, Any]] = []
-        running: Running | None = None
-        with trio.CancelScope() as self._start_scope:
-            if self.group is not None:
-                await self.group.acquire(self)
-            for placement in placements:
-                skip = self.machines.unavailable(placement.machine)
-                if skip is not None:
-                    attempts.append({"attempt": 0, "machine": placement.machine,
-                                     "launcher": placement.kind, "detail": skip,
-                                     "reason": "machine_unavailable", "duration_ms": 0.0})
-                    log.warning("placement_skipped", service=self.name,
-                                machine=placement.machine, detail=skip)
-                    continue
-                self.placement = placement
-                for number in range(1, startup.attempts + 1):
-                    if number > 1:
-                        await trio.sleep(min(startup.max_delay,
-                                             startup.delay * startup.backoff ** (number - 2)))
-                    running = await self._attempt(number, attempts)
-                    self.machines.record(placement.machine, ok=running is not None)
-                    if running is not None:
-                        break
-                if running is not None:
-                    break
-        cancelled = self._start_scope.cancelled_caught
-        self._start_scope = None
-        duration = trio.current_time() - began
-        if running is None or cancelled:
-            self.history.end(None)
-            await self._start_failed(attempts, duration, cancelled=cancelled)
-            return
-        self.history.end(duration)
-        self._failures = 0
-        self.last_start_duration = duration
-        self.ready_since = time.time()
-        self._idle_since = trio.current_time()
-        nursery.start_soon(self._watch_exit, running)
-        self._set_state(State.READY)
-        log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
-                 attempt=len(attempts) + 1, waiting=len(self._waiters), pid=running.pid)
-        self._emit("ready", machine=self.placement.machine, attempts=len(attempts) + 1,
-                   duration_ms=round(duration * 1000, 1))
-        self._release_waiters()
-
-    async def _attempt(self, number: int, attempts: list[dict[str, Any]]) -> Running | None:
-        """One attempt: the started backend, or None with the failure added to `attempts`.
-        On cancellation (a stop, the shutdown), `_running` still holds what was started."""
-        placement = self.placement
-        context = LaunchContext(self.name, self.backend, placement.upstream, placement.port,
-                                placement.machine)
-        timeout = placement.readiness.timeout
-        began = trio.current_time()
-        log.info("backend_starting", service=self.name, launcher=self.launcher_kind,
-                 machine=placement.machine, attempt=number)
-        running: Running | None = None
-        try:
-            with trio.fail_after(timeout) as deadline:
-                if getattr(self.launcher, "times_its_start", False):
-                    # A remote job bounds itself; readiness is timed from its end.
-                    deadline.deadline = math.inf
-                running = self._running = await self.launcher.start(context)
-                deadline.deadline = min(deadline.deadline, trio.current_time() + timeout)
-                if getattr(self.launcher, "probe_only", False):
-                    await probe_once(self.name, self.probe)
-                else:
-                    await until_ready(self.name, running, self.probe)
-            self._emit("start_attempt", attempt=number, machine=placement.machine,
-                       launcher=self.launcher_kind, ok=True,
-                       duration_ms=round((trio.current_time() - began) * 1000, 1))
-            return running
-        except trio.TooSlowError:
-            failure: GatewayError = StartFailed(
-                f"{self.name!r} was not ready after {timeout}s "
-                f"(last probe: {self.probe.last_result or 'none'})",
-                service=self.name, reason="timeout")
-        except StartFailed as exc:
-            failure = exc
-        if running is not None:
-            with trio.CancelScope(shield=True):
-                await running.stop()
-            failure.extra.setdefault("log_tail", running.log_tail(LOG_TAIL_LINES))
-        failure.extra.setdefault("reason", "start_failed")
-        self._running = None
-        duration = trio.current_time() - began
-        attempts.append({"attempt": number, "machine": placement.machine,
-                         "launcher": self.launcher_kind, "detail": failure.detail,
-                         "duration_ms": round(duration * 1000, 1), **failure.extra})
-        log.warning("start_attempt_failed", service=self.name, machine=placement.machine,
-                    attempt=number,
-                    detail=failure.detail, duration_ms=round(duration * 1000, 1),
-                    log_tail=failure.extra.get("log_tail"))
-        self._emit("start_attempt", attempt=number, machine=placement.machine,
-                   launcher=self.launcher_kind, ok=False, detail=failure.detail,
-                   duration_ms=round(duration * 1000, 1))
-        return None
-
     @property
     def launcher_kind(self) -> str:
         return self.placement.kind
-
-    async def _start_failed(self, attempts: list[dict[str, Any]], duration: float, *,
-                            cancelled: bool) -> None:
-        """Every attempt failed, or the start was cancelled: answer the waiters."""
-        running, self._running = self._running, None
-        if running is not None:  # cancelled in the middle of an attempt
-            with trio.CancelScope(shield=True):
-                await running.stop()
-        error: GatewayError
-        if cancelled:
-            error = StartCancelled(f"the start of {self.name!r} was cancelled",
-                                   service=self.name, attempts=attempts)
-        else:
-            # The summary names the last real failure, not a machine that was skipped.
-            last = next((a for a in reversed(attempts) if a["reason"] != "machine_unavailable"),
-                        attempts[-1])
-            plural = "s" if len(attempts) > 1 else ""
-            error = StartFailed(
-                f"{self.name!r} failed to start ({len(attempts)} attempt{plural}): "
-                f"{last['detail']}", service=self.name, attempts=attempts,
-                **{k: last[k] for k in ("reason", "exit_status", "log_tail") if k in last})
-        error.retry_after = self.retry_after()
-        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
-                           **error.extra}
-        (log.info if cancelled else log.error)(
-            "backend_start_cancelled" if cancelled else "backend_start_failed",
-            service=self.name, detail=error.detail, attempts=len(attempts),
-            duration_ms=round(duration * 1000, 1))
-        self._emit("start_failed", detail=error.detail, attempts=len(attempts),
-                   cancelled=cancelled, duration_ms=round(duration * 1000, 1))
-        cooldown = self.config.startup.cooldown
-        if cancelled or cooldown <= 0 or self._closing:
-            self._set_state(State.COLD)
-        else:
-            self._failed_until = trio.current_time() + cooldown
-            self._failure = error
-            error.retry_after = cooldown
-            self._set_state(State.FAILED)
-        self._fail_waiters(error)
-        if self.config.keep_warm and not cancelled and not self._closing:
-            self._failures += 1
-            delay = min(KEEP_WARM_MAX_BACKOFF, 2.0 ** (self._failures - 1))
-            self._retry_at = trio.current_time() + max(delay, cooldown)
 
     async def _watch_exit(self, running: Running) -> None:
         status = await running.wait()
