@@ -16,16 +16,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ByteSize,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,13 +31,17 @@ from pydantic import (
 
 from .errors import ConfigError
 from .launch_config import (
+    AuthConfig,
     CommandLauncherConfig,
     ContainerLauncherConfig,
     Duration,
     ExternalLauncherConfig,
     LauncherConfig,
+    NotifyConfig,
     ProcessLauncherConfig,
+    SemaphoreConfig,
     SemaphoreLauncherConfig,
+    Upstream,
     WolLauncherConfig,
     _Model,
     parse_duration,
@@ -197,20 +199,6 @@ class HealthConfig(_Model):
     failures: int = Field(default=3, ge=1)
 
 
-def _check_upstream(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("upstream must be an http:// or https:// URL with a host")
-    if parts.query or parts.fragment:
-        raise ValueError("upstream cannot have a query or fragment")
-    try:
-        parts.port  # noqa: B018 - raises on an out-of-range port
-    except ValueError as exc:
-        raise ValueError(f"invalid port: {exc}") from None
-    return value.rstrip("/")
-
-
-Upstream = Annotated[str, AfterValidator(_check_upstream)]
 
 
 class _HasUpstream(_Model):
@@ -239,60 +227,6 @@ class PlacementConfig(_HasUpstream):
     machine: str
     launcher: LauncherConfig
     readiness: ReadinessConfig | None = None
-
-
-class NotifyConfig(_Model):
-    """A webhook: lifecycle events (see `GET /v1/events`) are POSTed to `url` as JSON."""
-
-    url: Upstream
-    events: list[str] = []
-    """Event kinds to send (`ready`, `start_failed`, `crashed`, …); empty: all of them."""
-    services: list[str] = []
-    """Services whose events are sent; empty: all of them."""
-    timeout: Duration = Field(default=5.0, gt=0)
-    """Bound on one delivery attempt."""
-    attempts: int = Field(default=3, ge=1, le=10)
-    """Tries per event, 1s then 2s, 4s … apart; after the last the event is dropped (logged)."""
-
-
-class AuthConfig(_Model):
-    """API keys (see docs/configuration.md#api-keys); keys are made with `hestia keys`."""
-
-    enabled: bool = False
-    """When on, every route but `/__health` needs a key with the right scope."""
-    forward_authorization: bool = False
-    """Pass the header that carried the key on to the upstream (off: it is removed)."""
-
-
-class SemaphoreConfig(_Model):
-    """Where Ansible Semaphore is and how to log in (see docs/semaphore.md). `url`, `token`,
-    `username` and `password` default to `SEMAPHORE_BASE_URL`, `SEMAPHORE_API_TOKEN`,
-    `SEMAPHORE_USERNAME` and `SEMAPHORE_PASSWORD` from the environment."""
-
-    url: Upstream
-    """Semaphore's base URL, e.g. `http://semaphore:3000` (a trailing `/api` is accepted)."""
-    token: SecretStr | None = None
-    """An API token (Bearer). Takes precedence over `username`/`password`."""
-    username: str | None = None
-    password: SecretStr | None = None
-    """With `username`: log in once, and again whenever the session is refused (401)."""
-    project: int | None = Field(default=None, ge=1)
-    """The default project of every `semaphore` launcher."""
-    poll_interval: Duration = Field(default=1.0, gt=0)
-    """How often a running task's status is asked for (default 1s)."""
-    task_timeout: Duration = Field(default=1800.0, gt=0)
-    """How long a task may take before Hestia asks Semaphore to stop it and gives up (default
-    30m; Semaphore itself never times out a task that lost its runner)."""
-    request_timeout: Duration = Field(default=10.0, gt=0)
-    """Bound on each HTTP request to Semaphore (default 10s)."""
-    verify_tls: bool = True
-
-    @model_validator(mode="after")
-    def _credentials(self) -> SemaphoreConfig:
-        if self.token is None and (self.username is None or self.password is None):
-            raise ValueError("give token (or SEMAPHORE_API_TOKEN), or username and password "
-                             "(or SEMAPHORE_USERNAME and SEMAPHORE_PASSWORD)")
-        return self
 
 
 class MachineConfig(_Model):
