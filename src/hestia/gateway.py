@@ -146,8 +146,11 @@ async def run(config: Config, *, handle_signals: bool = True,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
     if not _is_loopback(config.listen):
-        log.warning("listening_beyond_loopback", listen=config.listen,
-                    detail="anyone who can reach this address can use every service")
+        if not config.auth.enabled:
+            log.warning("listening_beyond_loopback", listen=config.listen,
+                        detail="auth is off: anyone who can reach this address can use every "
+                               "service and the whole API; set auth.enabled and make keys "
+                               "with `hestia keys create`")
     events = EventBus()
     semaphore = SemaphoreHub(config, events=events) if config.semaphore is not None else None
     try:

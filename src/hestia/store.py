@@ -247,6 +247,13 @@ class Store:
                 fields["machine"] = data["machine"]
             self._save("services", "service_id", service, fields, SERVICE_FIELDS,
                        ("starts",) if ready else ())
+        if event.kind == "ready" and service is not None:
+            # What runs for the service now; a stop or a crash forgets it.
+            self.save_process(service, pid=data.get("pid"), started_at=event.at,
+                              machine=data.get("machine"), launcher=data.get("launcher"),
+                              upstream=data.get("upstream"))
+        elif event.kind in ("stopped", "crashed") and service is not None:
+            self.forget_process(service)
         elif event.kind == "semaphore_task":
             self._queue(partial(_insert, "tasks", _task_row(event)))
         elif event.kind == "machine" and data.get("machine") is not None:

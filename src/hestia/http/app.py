@@ -22,6 +22,7 @@ from ..observability import request_id_from
 from ..store import Store
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
+from .openapi import openapi_blueprint
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
 from .status import service_status
@@ -68,6 +69,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
     app.register_blueprint(observe_blueprint(events, metrics, store))
     app.register_blueprint(dispatch_blueprint(proxy))
+    app.register_blueprint(openapi_blueprint())
 
     @app.before_request
     async def _request_id() -> None:

@@ -16,7 +16,8 @@ A key is accepted as `X-API-Key: KEY` or `Authorization: Bearer KEY`. Scopes:
 `/__health` needs no key, nor does a service with `auth: none`. Missing or unknown key: 401;
 a key whose scope does not cover the request: 403; both JSON with the request id. The header
 that carried the key is removed before a request is proxied, unless `forward_authorization`.
-Decisions are logged (`auth_denied`, with the key's name when there was one); keys never are.
+Refusals are logged (`auth_denied`, with the key's name when there was one), and a proxied
+request's `request` line names the key that let it in (`key`); keys themselves never are.
 Lookups are cached for `CACHE_S` seconds, so a revoked key stops working within that time.
 """
 
@@ -87,8 +88,9 @@ class AuthGate:
                              f"needs {needed!r}", path, row["name"])
             return
         self._touch(row["name"])
+        scope = {**scope, "hestia.key": row["name"]}  # the request's log line names the key
         if not self.forward:
-            scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != carrier]}
+            scope["headers"] = [h for h in scope["headers"] if h[0] != carrier]
         await self.app(scope, receive, send)
 
     def _needed(self, scope: dict[str, Any], path: bytes) -> str | None:

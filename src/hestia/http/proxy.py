@@ -237,7 +237,8 @@ class ProxyHandler:
         log.info("request", request_id=exchange.request_id, service=name,
                  method=scope["method"], path=raw_path.decode("latin-1"),
                  status=exchange.status, bytes=exchange.body_bytes,
-                 duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome)
+                 duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome,
+                 key=scope.get("hestia.key"))
 
     async def _send_error(self, send: Send, error: GatewayError, exchange: _Exchange) -> None:
         status, headers, body = error_response(error, exchange.request_id)

@@ -87,6 +87,8 @@ class StartSequence:
         log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
                  attempt=len(attempts) + 1, waiting=len(self._waiters), pid=running.pid)
         self._emit("ready", machine=self.placement.machine, attempts=len(attempts) + 1,
+                   pid=running.pid, launcher=self.launcher_kind,
+                   upstream=self.placement.upstream,
                    duration_ms=round(duration * 1000, 1))
         self._release_waiters()
 
