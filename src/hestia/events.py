@@ -69,6 +69,7 @@ class EventBus:
         self._listeners: list[Callable[[Event], None]] = []
         self._subscribers: set[trio.MemorySendChannel[Event]] = set()
         self.recent: deque[Event] = deque(maxlen=history)
+        self._closed = False
 
     def __repr__(self) -> str:
         return (f"<EventBus listeners={len(self._listeners)} "
@@ -96,12 +97,23 @@ class EventBus:
                 self._subscribers.discard(channel)
         return event
 
+    def close(self) -> None:
+        """End every subscription (the gateway is shutting down); later ones end at once.
+        Listeners still hear what is published."""
+        self._closed = True
+        for channel in self._subscribers:
+            channel.close()
+        self._subscribers.clear()
+
     @contextmanager
     def subscribe(self, maxsize: int = 1000) -> Iterator[trio.MemoryReceiveChannel[Event]]:
-        """Events from now on, until the block ends (or the subscriber lags `maxsize` behind:
-        then the channel ends early)."""
+        """Events from now on, until the block ends (or the subscriber lags `maxsize` behind,
+        or the bus is closed: then the channel ends early)."""
         send, receive = trio.open_memory_channel[Event](maxsize)
-        self._subscribers.add(send)
+        if self._closed:
+            send.close()
+        else:
+            self._subscribers.add(send)
         try:
             yield receive
         finally:

@@ -225,7 +225,8 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
                     for supervisor in supervisors.values():
                         await backends.start(supervisor.run)
                 urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
-                                                    shutdown, list(supervisors.values())))
+                                                    shutdown, list(supervisors.values()),
+                                                    events))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
                 task_status.started(Gateway(urls, supervisors, shutdown, events))
         _save(store, supervisors)
@@ -280,11 +281,18 @@ def _write_cli_key(store: Store, config: Config) -> None:
 
 
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
-                 supervisors: list[Supervisor], *,
+                 supervisors: list[Supervisor], events: EventBus, *,
                  task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     hypercorn_fixes.apply()
+
+    async def trigger() -> None:
+        await shutdown.wait()
+        # Event streams never end by themselves: end them, or the graceful shutdown would
+        # wait its whole grace period for every open `GET /v1/events`.
+        events.close()
+
     try:
-        await serve(app, hconfig, shutdown_trigger=shutdown.wait,  # type: ignore[arg-type]
+        await serve(app, hconfig, shutdown_trigger=trigger,  # type: ignore[arg-type]
                     task_status=task_status)
     finally:
         for supervisor in supervisors:

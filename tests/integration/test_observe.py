@@ -71,3 +71,15 @@ async def test_prometheus_metrics_count_requests_and_starts_by_service(start_gat
             ok = next(s for s in requests["samples"] if s["labels"] == {"service": "up",
                                                                         "status": "200"})
             assert ok["value"] == 2
+
+
+async def test_an_open_event_stream_does_not_hold_up_a_graceful_shutdown(start_gateway):
+    gateway = await start_gateway(services={"up": upstream_service()}, grace_period="20s")
+    with trio.fail_after(10):  # well under the grace period
+        async with client(gateway) as http:
+            async with http.stream("GET", "/v1/events") as stream:
+                lines = stream.aiter_lines()
+                assert await anext(lines) == ": hestia events"
+                gateway.shutdown()
+                rest = [line async for line in lines]
+        assert rest == [""]  # the stream ended cleanly, with nothing more to say
