@@ -196,10 +196,11 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
     metrics = Metrics(supervisors)
     events.add_listener(metrics.listen)
     events.add_listener(store.record_event)
-    app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store)
+    shutdown = trio.Event()
+    app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store,
+                          shutdown=shutdown)
     if config.auth.enabled:
         app = AuthGate(app, config, store)
-    shutdown = trio.Event()
     async with trio.open_nursery() as root:
         # The writer first, and out last: it writes what the supervisors' stops publish.
         await root.start(store.run)

@@ -150,3 +150,15 @@ async def test_a_failed_start_and_an_unknown_service_refuse_the_handshake_with_j
                 pass
         assert caught.value.status_code == 404
         assert json.loads(caught.value.body)["error"] == "unknown_service"
+
+
+async def test_a_graceful_shutdown_closes_open_sockets_with_1001(start_gateway):
+    gateway = await start_gateway(services={"ws": ws_service()}, grace_period="20s")
+    with trio.fail_after(10):  # well under the grace period
+        async with open_websocket_url(ws_url(gateway, "/services/ws/echo")) as ws:
+            await ws.send_message("hi")
+            assert await ws.get_message() == "hi"
+            gateway.shutdown()
+            with pytest.raises(ConnectionClosed) as caught:
+                await ws.get_message()
+        assert caught.value.reason.code == 1001

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import trio
 from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -35,7 +36,7 @@ API_MAX_BODY = 1024 * 1024
 
 def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None = None, *,
                events: EventBus | None = None, metrics: Metrics | None = None,
-               store: Store | None = None) -> QuartTrio:
+               store: Store | None = None, shutdown: trio.Event | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors."""
     machines = machines or Machines()
     events = events or EventBus()
@@ -44,7 +45,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     proxy = ProxyHandler(supervisors, metrics)
-    websockets = WebSocketProxy(supervisors)
+    websockets = WebSocketProxy(supervisors, shutdown)
     quart_asgi = app.asgi_app
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:

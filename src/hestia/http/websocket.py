@@ -84,8 +84,12 @@ class _Relay:
 class WebSocketProxy:
     """ASGI handler for every `websocket` whose path starts with `/services/`."""
 
-    def __init__(self, supervisors: Mapping[str, Supervisor]) -> None:
+    def __init__(self, supervisors: Mapping[str, Supervisor],
+                 shutdown: trio.Event | None = None) -> None:
         self.supervisors = supervisors
+        # Set when the gateway shuts down: open sockets are closed with 1001 then, instead of
+        # holding up the graceful shutdown for its whole grace period.
+        self.shutdown = shutdown if shutdown is not None else trio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = trio.current_time()
@@ -147,6 +151,7 @@ class WebSocketProxy:
             with trio.CancelScope() as scope_:
                 lease.bind(scope_)
                 async with trio.open_nursery() as tasks:
+                    tasks.start_soon(_going_away, self.shutdown, relay, tasks.cancel_scope)
                     tasks.start_soon(_client_to_upstream, receive, upstream, relay,
                                      tasks.cancel_scope)
                     tasks.start_soon(_upstream_to_client, upstream, send, relay,
@@ -219,6 +224,12 @@ class _Rejected(GatewayError):
         self.code = "websocket_rejected"
         self.headers = headers
         self.body = body
+
+
+async def _going_away(shutdown: trio.Event, relay: _Relay, done: trio.CancelScope) -> None:
+    await shutdown.wait()
+    relay.note("gateway", 1001, "the gateway is shutting down")
+    done.cancel()
 
 
 async def _client_to_upstream(receive: Any, upstream: WebSocketConnection, relay: _Relay,
