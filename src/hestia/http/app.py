@@ -31,7 +31,6 @@ from .websocket import WebSocketProxy
 
 __all__ = ["create_app"]
 
-API_MAX_BODY = 1024 * 1024
 
 
 def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None = None, *,
@@ -41,8 +40,8 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     machines = machines or Machines()
     events = events or EventBus()
     metrics = metrics or Metrics(supervisors)
-    app = QuartTrio("hestia")
-    app.config["MAX_CONTENT_LENGTH"] = API_MAX_BODY
+    app = QuartTrio("hestia", static_folder=None)
+    # No MAX_CONTENT_LENGTH: API bodies are bounded by `json_body`, which drains (body.py).
     app.json.sort_keys = False  # type: ignore[attr-defined]
     proxy = ProxyHandler(supervisors, metrics)
     websockets = WebSocketProxy(supervisors, shutdown)
@@ -91,12 +90,15 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
                               if k not in (b"content-length", b"x-request-id")]
 
     @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> tuple[Response, int]:
+    async def _http_error(error: HTTPException) -> tuple[Response, int, list[Any]]:
         status = error.code or 500
         body = jsonify(error=(error.name or "error").lower().replace(" ", "_"),
                        detail=error.description, service=None,
                        request_id=g.get("request_id", ""))
-        return body, status
+        # Keep what the error says beyond its body: `Allow` on a 405.
+        headers = [(k, v) for k, v in error.get_headers()
+                   if k.lower() not in ("content-type", "content-length")]
+        return body, status, headers
 
     @app.get("/__health")
     async def health() -> Response:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ import trio
 from quart import Blueprint, Response, g, jsonify, request
 
 from ..errors import GatewayError, error_response
+from .body import json_body
 from .proxy import PREFIX, ProxyHandler
 
 __all__ = ["MAX_RESPONSE", "dispatch_blueprint"]
@@ -44,9 +46,8 @@ def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
 
     @api.post("/v1/requests")
     async def dispatch() -> tuple[Response, int] | Response:
-        spec = await request.get_json(force=True, silent=True)
-        problem, scope, body = _scope(spec, request.headers.get("X-Request-ID"),
-                                      request.remote_addr)
+        spec = await json_body()
+        problem, scope, body = _scope(spec, g.get("request_id", ""), request.remote_addr)
         if problem is not None:
             return jsonify(error="bad_request", detail=problem, service=None,
                            request_id=g.get("request_id", "")), 400
@@ -101,23 +102,37 @@ def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
     return api
 
 
-def _scope(spec: Any, request_id: str | None, remote: str | None,
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # a header name (RFC 9110)
+_SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _header_value_ok(value: str) -> bool:
+    # What HTTP/1.1 can carry: Latin-1, no control characters but tab. CR or LF here would
+    # write lines of the caller's choosing into the upstream request.
+    return all(c == "\t" or (" " <= c <= "\xff" and c != "\x7f") for c in value)
+
+
+def _scope(spec: Any, request_id: str, remote: str | None,
            ) -> tuple[str | None, dict[str, Any], bytes]:
     """The ASGI scope of the described request, or what is wrong with the description."""
     if not isinstance(spec, dict) or not isinstance(spec.get("serviceId"), str) \
-            or not spec["serviceId"]:
-        return 'the body must be a JSON object with a "serviceId"', {}, b""
+            or not _SERVICE_ID.match(spec["serviceId"]):
+        return 'the body must be a JSON object with a "serviceId" (a service id)', {}, b""
     method = spec.get("method", "GET")
     path = spec.get("path", "/")
     headers = spec.get("headers", {})
     body = spec.get("body")
-    if not isinstance(method, str) or not method.isalpha():
+    if not isinstance(method, str) or not (method.isascii() and method.isalpha()):
         return '"method" must be an HTTP method such as "GET"', {}, b""
-    if not isinstance(path, str) or not path.startswith("/"):
-        return '"path" must start with "/"', {}, b""
+    if not isinstance(path, str) or not path.startswith("/") or \
+            not all("!" <= c <= "~" for c in path):
+        return ('"path" must start with "/" and be printable ASCII without spaces '
+                '(percent-encode the rest)'), {}, b""
     if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        return '"headers" must be an object of strings', {}, b""
+            isinstance(k, str) and isinstance(v, str) and _TOKEN.match(k)
+            and _header_value_ok(v) for k, v in headers.items()):
+        return ('"headers" must map header names to values HTTP can carry (Latin-1, no '
+                'control characters)'), {}, b""
     if body is not None and not isinstance(body, str):
         return '"body" must be a string (or base64 with "bodyEncoding": "base64")', {}, b""
     raw = (body or "").encode()
@@ -131,7 +146,9 @@ def _scope(spec: Any, request_id: str | None, remote: str | None,
             if k.lower() not in ("content-length", "transfer-encoding", "host")]
     if raw or method.upper() in ("POST", "PUT", "PATCH"):
         sent.append((b"content-length", str(len(raw)).encode()))
-    if request_id and not any(k == b"x-request-id" for k, _ in sent):
+    # The id this API answers with is the request's, upstream and in the log line too.
+    sent = [(k, v) for k, v in sent if k != b"x-request-id"]
+    if request_id:
         sent.append((b"x-request-id", request_id.encode("latin-1")))
     sent.append((b"host", b"hestia"))
     raw_path = PREFIX + spec["serviceId"].encode() + target.encode()

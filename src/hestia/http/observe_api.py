@@ -33,7 +33,7 @@ def observe_blueprint(events: EventBus, metrics: Metrics, store: Store | None = 
     @api.get("/v1/activity")
     async def activity() -> Response:
         limit = request.args.get("limit", "100")
-        count = min(1000, int(limit)) if limit.isdigit() else 100
+        count = min(1000, int(limit)) if limit.isascii() and limit.isdigit() else 100
         service = request.args.get("serviceId")
         rows = store.activity(service, count) if store is not None else [
             e.as_dict() for e in reversed(events.recent)
@@ -44,7 +44,7 @@ def observe_blueprint(events: EventBus, metrics: Metrics, store: Store | None = 
     async def stream_events() -> Response:
         service = request.args.get("service")
         last = request.headers.get("Last-Event-ID", "")
-        after = int(last) if last.isdigit() else None
+        after = int(last) if last.isascii() and last.isdigit() else None
 
         def wanted(event: Event) -> bool:
             return service is None or event.service == service

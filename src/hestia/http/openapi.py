@@ -332,8 +332,8 @@ PATHS: dict[str, Any] = {
                        "`limits.max_body_size`"),
          "431": _error("the described headers are over `limits.max_header_size`"),
          "502": _error("no answer from the upstream, or `response_too_large` (over 16 MiB)"),
-         "503": _error("the start failed, or the hold queue is full or timed out",
-                       retry_after=True),
+         "503": _error("the start failed or was cancelled, or the hold queue is full or "
+                       "timed out", retry_after=True),
          "504": _error("an upstream deadline passed")},
         body="GatewayRequest", tag="dispatch")},
     "/v1/events": {"get": _op(

@@ -17,6 +17,7 @@ from typing import Any
 from quart import Blueprint, Response, g, jsonify, request
 
 from ..lifecycle.supervisor import State, Supervisor
+from .body import json_body
 from .status import automation_status
 
 __all__ = ["semaphore_blueprint"]
@@ -62,7 +63,7 @@ def semaphore_blueprint(supervisor_for: Callable[[str], Supervisor],
 async def _target(supervisor_for: Callable[[str], Supervisor], machine_allowed: bool = True,
                   ) -> tuple[Any, str | None, tuple[Response, int] | None]:
     """The supervisor and machine a start/stop body names, or the 400 answer to give."""
-    body = await request.get_json(force=True, silent=True)
+    body = await json_body()
     if not isinstance(body, dict) or not isinstance(body.get("serviceId"), str):
         return None, None, _error(400, "bad_request",
                                   'the body must be JSON: {"serviceId": "…", "machineId": "…"}')
