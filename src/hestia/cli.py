@@ -53,6 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hestia: cannot serve on {config.listen}: {first.strerror or first}",
               file=sys.stderr)
         status = 1
+    except* StoreError as group:
+        print(f"hestia: {group.exceptions[0]}", file=sys.stderr)
+        status = 1
     return status
 
 

@@ -2,11 +2,19 @@
 
 ```
 run(config)                         root nursery
+ ├─ store writer                    the one SQLite writer (store.py), fed by the event bus
+ ├─ periodic save                   each service's last use, every 30 s and at the end
+ ├─ webhooks                        one task per `notify` entry (notify.py)
  ├─ signal watcher                  SIGINT/SIGTERM/SIGHUP → graceful shutdown; a second → at once
  └─ backends nursery
       ├─ supervisor × service       each owns its backend (see lifecycle/supervisor.py)
       └─ HTTP server                hypercorn's trio worker serving the Quart-Trio app
 ```
+
+Every supervisor publishes its lifecycle events on one `EventBus` (events.py); the store, the
+metrics, `GET /v1/events` and the webhooks listen to it. Before the supervisors run, what the
+previous run stored is restored: last use, last error, start history, disabled machines,
+Semaphore tasks.
 
 Before any of that runs, `recover` deals with what a previous Hestia that was killed left
 running (lifecycle/recovery.py): every backend process is recorded under `<data_dir>/run/` while
@@ -277,6 +285,7 @@ def _write_cli_key(store: Store, config: Config) -> None:
     store.add_key(CLI_KEY_NAME, "admin", hash_key(key), key[:12])
     path = config.data_dir / CLI_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was there before, with other permissions
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
 
