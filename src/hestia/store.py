@@ -52,6 +52,7 @@ log = structlog.get_logger("hestia.store")
 BUSY_TIMEOUT_S = 5.0      # how long a connection waits for another's write lock (CLI vs gateway)
 SHUTDOWN_FLUSH_S = 5.0    # how long a cancelled `run` goes on writing what is queued
 BATCH_MAX = 1000          # writes per transaction
+COALESCE_S = 0.05         # how long the writer lets a burst of writes gather
 MAX_QUEUED = 100_000      # beyond this the writer is hopelessly behind: writes are dropped
 KEEP_TASKS = 1000         # Semaphore tasks kept per service
 SCOPES = ("admin", "read", "proxy")
@@ -305,7 +306,15 @@ class Store:
                 try:
                     task_status.started()
                     while True:
-                        await self._write_batch([await self._receive.receive()])
+                        first = await self._receive.receive()
+                        # Writes come in bursts (a start publishes several events at the
+                        # moment its waiters are released): let the burst, and the requests it
+                        # releases, go first, then write it all in one transaction.
+                        try:
+                            await trio.sleep(COALESCE_S)
+                        finally:
+                            with trio.CancelScope(shield=True):  # a write taken is written
+                                await self._write_batch([first])
                 finally:
                     # Deadline checked between batches: a batch taken is always written.
                     deadline = trio.current_time() + SHUTDOWN_FLUSH_S
