@@ -35,6 +35,9 @@ def observe_blueprint(events: EventBus, metrics: Metrics, store: Store | None = 
         limit = request.args.get("limit", "100")
         count = min(1000, int(limit)) if limit.isascii() and limit.isdigit() else 100
         service = request.args.get("serviceId")
+        if store is not None:
+            with trio.move_on_after(1):
+                await store.flush()  # what was published before this request is in the answer
         rows = store.activity(service, count) if store is not None else [
             e.as_dict() for e in reversed(events.recent)
             if service is None or e.service == service][:count]
