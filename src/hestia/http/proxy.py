@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -47,7 +47,7 @@ from .upstream import (
     request_head,
 )
 
-__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "check_header_size"]
+__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "acquire_watching", "check_header_size"]
 
 log = structlog.get_logger("hestia.proxy")
 
@@ -273,17 +273,7 @@ class ProxyHandler:
             supervisor.release(lease)
 
     async def _wait_for_lease(self, supervisor: Supervisor, body: _ClientBody) -> Lease:
-        lease: Lease | None = None
-        error: GatewayError | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(body.watch, nursery.cancel_scope)
-            try:
-                lease = await supervisor.acquire()
-            except GatewayError as exc:
-                error = exc
-            nursery.cancel_scope.cancel()
-        if error is not None:
-            raise error
+        lease = await acquire_watching(supervisor, body.watch)
         if body.disconnected or lease is None:
             if lease is not None:
                 supervisor.release(lease)
@@ -541,6 +531,26 @@ class ProxyHandler:
             # A reverse proxy in front of Hestia (nginx) must not hold back events either.
             out.append((b"x-accel-buffering", b"no"))
         return out
+
+
+async def acquire_watching(supervisor: Supervisor,
+                           watch: Callable[[trio.CancelScope], Awaitable[None]],
+                           ) -> Lease | None:
+    """A lease (waiting in the hold queue if need be) while `watch(scope)` looks out for the
+    client leaving, and cancels `scope` when it does: then None, or a lease granted in the same
+    instant, which the caller gives back. Raises what `acquire` raises."""
+    lease: Lease | None = None
+    error: GatewayError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        try:
+            lease = await supervisor.acquire()
+        except GatewayError as exc:
+            error = exc  # raised outside the nursery, not inside an exception group
+        nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return lease
 
 
 async def _drain(receive: Receive) -> None:

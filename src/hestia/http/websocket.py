@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
-from .proxy import HOP_BY_HOP, PREFIX, check_header_size
+from .proxy import HOP_BY_HOP, PREFIX, acquire_watching, check_header_size
 
 __all__ = ["WebSocketProxy"]
 
@@ -165,8 +165,6 @@ class WebSocketProxy:
 
 async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
     """The lease, waiting in the hold queue while watching for the client leaving."""
-    lease: Lease | None = None
-    error: GatewayError | None = None
     left = False
 
     async def watch(scope: trio.CancelScope) -> None:
@@ -176,15 +174,7 @@ async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
         left = True
         scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope)
-        try:
-            lease = await supervisor.acquire()
-        except GatewayError as exc:
-            error = exc
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
+    lease = await acquire_watching(supervisor, watch)
     if left or lease is None:
         if lease is not None:
             supervisor.release(lease)
