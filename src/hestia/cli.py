@@ -33,8 +33,9 @@ def _load(path: str | None) -> tuple[Config, str]:
 def _serve(args: argparse.Namespace) -> int:
     config, source = _load(args.config)
     if args.listen:
-        config = parse_config({**config.model_dump(), "listen": args.listen},
-                              env={}, source=f"{source} with --listen {args.listen}")
+        # Checked as the file's `listen` would be, then put in place of it.
+        parse_config({"listen": args.listen}, env={}, source=f"--listen {args.listen}")
+        config = config.model_copy(update={"listen": args.listen})
     configure_logging(config.log_level, fmt=args.log_format)
     if source == "built-in demo":
         host = config.listen

@@ -12,6 +12,7 @@ Loading runs in this order, and every step reports *all* its problems with their
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import yaml
 from pydantic import (
     BaseModel,
     ByteSize,
+    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -65,10 +67,12 @@ __all__ = [
     "ProcessLauncherConfig",
     "QueueConfig",
     "ReadinessConfig",
+    "RouteConfig",
     "SemaphoreConfig",
     "SemaphoreLauncherConfig",
     "ServiceConfig",
     "StartupConfig",
+    "StrategyConfig",
     "TimeoutsConfig",
     "WolLauncherConfig",
     "load_config",
@@ -250,8 +254,34 @@ class GroupConfig(_Model):
     max_running: int = Field(default=1, ge=1)
 
 
+class StrategyConfig(_Model):
+    """How a service with several `backends` picks one per request: `name` and that strategy's
+    own options (docs/strategies.md); checked when Hestia starts (`hestia check` too)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str = "round_robin"
+    max_body: ByteSize = ByteSize(1024 * 1024)
+    """A strategy that reads the JSON body (`by_model`) buffers at most this much (default
+    1MiB; a larger body is 413); the buffered bytes are then forwarded unchanged."""
+    unhealthy_for: Duration = Field(default=10.0, gt=0)
+    """A backend whose upstream refused a connection or answered 5xx is skipped this long,
+    unless a probe finds it ready again sooner."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RouteConfig(_Model):
+    """Computed at load (never written): a service's backends (ids in `services`) in order."""
+
+    backends: list[str]
+    strategy: StrategyConfig = StrategyConfig()
+
+
 class ServiceConfig(_HasUpstream):
-    """One service, addressed as `/services/<id>/…`, with its one backend."""
+    """One backend: a whole service, or (`<service>@<backend>`) one of a service's `backends`."""
 
     launcher: LauncherConfig
     machine: str = "local"
@@ -275,6 +305,8 @@ class ServiceConfig(_HasUpstream):
     """Off unless given."""
     auth: Literal["required", "none"] = "required"
     """With `auth.enabled`: `none` lets anyone use this service without a key."""
+    weight: int = Field(default=1, ge=1)
+    """With several backends: this one's share under the `weighted` strategy."""
     on_restart: Literal["stop", "adopt"] = "stop"
     """What to do at start with a backend process a previous Hestia launched and left behind
     (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
@@ -300,6 +332,13 @@ class Config(_Model):
     """Machines placements can name; `local` needs no entry."""
     groups: dict[str, GroupConfig] = {}
     services: dict[str, ServiceConfig] = {}
+    """Each backend by its id: a service's own id, or `<service>@<backend>` for one of its
+    `backends` (expanded at load; `routes` says which belong to which service)."""
+    routes: dict[str, RouteConfig] = {}
+    """Computed at load from `services`: never write it."""
+    strategies_dir: Path = Path("strategies")
+    """Where routing strategy plugins are loaded from (`*.py`; relative to the working
+    directory; a missing directory loads nothing)."""
 
     @model_validator(mode="after")
     def _known_machines(self) -> Config:
@@ -358,7 +397,8 @@ class Config(_Model):
     @field_validator("services")
     @classmethod
     def _ids(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
-        bad = [k for k in value if not _SERVICE_ID.match(k)]
+        bad = [k for k in value if not all(_SERVICE_ID.match(part) for part in
+                                           k.split(BACKEND_SEPARATOR, 1))]
         if bad:
             raise ValueError(f"invalid service id(s) {bad}: use letters, digits, '_', '.', '-'")
         return value
@@ -444,6 +484,55 @@ def _semaphore_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any
     return {**raw, "semaphore": block}
 
 
+BACKEND_SEPARATOR = "@"
+_BACKEND_ID = re.compile(r"services\.([A-Za-z0-9][A-Za-z0-9_.-]*)@([A-Za-z0-9][A-Za-z0-9_.-]*)")
+_SERVICE_ONLY = ("backends", "strategy")
+
+
+def _backend_path(text: str) -> str:
+    """`services.llm@llama.upstream` → `services.llm.backends.llama.upstream`: errors name
+    the place in the file, not the id the expansion made."""
+    return _BACKEND_ID.sub(r"services.\1.backends.\2", text)
+
+
+def _expand_backends(data: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """Turn each service with `backends` into one entry per backend, `<service>@<backend>`, the
+    service's own fields being the defaults of each; record every service's route."""
+    if "routes" in data:
+        errors.append(("routes", "computed from services; not a configuration key"))
+        del data["routes"]
+    services = data.get("services")
+    if not isinstance(services, dict):
+        return
+    expanded: dict[str, Any] = {}
+    routes: dict[str, Any] = {}
+    for sid, service in services.items():
+        if not isinstance(service, dict) or "backends" not in service:
+            if isinstance(service, dict) and "strategy" in service:
+                errors.append((f"services.{sid}.strategy", "a strategy needs `backends`"))
+                service = {k: v for k, v in service.items() if k != "strategy"}
+            expanded[sid] = service
+            routes[str(sid)] = {"backends": [str(sid)]}
+            continue
+        backends = service["backends"]
+        if not isinstance(backends, dict) or not backends:
+            errors.append((f"services.{sid}.backends",
+                           "give one or more backends: {name: {upstream, launcher, …}}"))
+            continue
+        defaults = {k: v for k, v in service.items() if k not in _SERVICE_ONLY}
+        ids = []
+        for name, backend in backends.items():
+            if not isinstance(backend, dict) or not _SERVICE_ID.match(str(name)):
+                errors.append((f"services.{sid}.backends.{name}", "a backend is a mapping, "
+                               "named with letters, digits, '_', '.', '-'"))
+                continue
+            ids.append(f"{sid}{BACKEND_SEPARATOR}{name}")
+            expanded[ids[-1]] = {**copy.deepcopy(defaults), **backend}
+        routes[str(sid)] = {"backends": ids, "strategy": service.get("strategy") or {}}
+    data["services"] = expanded
+    data["routes"] = routes
+
+
 def _has_key(node: Any, key: str) -> bool:
     if isinstance(node, dict):
         return key in node or any(_has_key(v, key) for v in node.values())
@@ -516,6 +605,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
     data = _semaphore_env(raw, env)
     data = _interpolate(data, env, "", errors)
     _env_overrides(data, env)
+    _expand_backends(data, errors)
     _machine_launchers(data)
     try:
         config = Config.model_validate(data)
@@ -523,7 +613,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
         for err in exc.errors():
             loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
             message = err["msg"].removeprefix("Value error, ")
-            errors.append((_format_loc(loc), message))
+            errors.append((_backend_path(_format_loc(loc)), _backend_path(message)))
         raise ConfigError(errors, source) from None
     if errors:
         raise ConfigError(errors, source)
