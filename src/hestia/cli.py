@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .gateway import CLI_KEY_FILE, DB_NAME, run
 from .http.auth import SCOPES, hash_key, new_key
 from .observability import configure_logging
+from .routing.router import check_strategies, load_registry
 from .semaphore.hub import SemaphoreHub
 from .store import Store, StoreError
 
@@ -62,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config, source = _load(args.config)
+    check_strategies(config, load_registry(config.strategies_dir))
     note = ""
     if config.semaphore is not None and config.semaphore_launchers():
         errors, unreachable = trio.run(_check_semaphore, config)

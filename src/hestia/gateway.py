@@ -40,7 +40,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .config import Config
+from .config import BACKEND_SEPARATOR, Config
 from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
@@ -56,6 +56,8 @@ from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier
+from .routing.router import Route, build_routes, load_registry
+from .routing.strategy import Registry
 from .semaphore.hub import SemaphoreHub
 from .store import Store
 
@@ -110,6 +112,7 @@ def build_supervisors(config: Config, machines: Machines | None = None,
             for f in service.fallbacks]
         supervisors[name] = Supervisor(
             name, service, launcher(service.launcher), make_probe(service),
+            backend=name.partition(BACKEND_SEPARATOR)[2] or "default",
             fallbacks=fallbacks, machines=machines,
             group=groups[service.group] if service.group is not None else None,
             drain_timeout=config.grace_period, events=events)
@@ -187,32 +190,37 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
                handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
     machines = Machines(config)
     supervisors = build_supervisors(config, machines, semaphore, events)
+    registry = load_registry(config.strategies_dir)
+    routes = build_routes(config, supervisors, registry)
     store = Store(config.data_dir / DB_NAME)
     try:
         _restore(store, supervisors, machines, semaphore)
         if config.auth.enabled:
             _write_cli_key(store, config)
-        await _serve_all(config, events, store, machines, supervisors, handle_signals,
-                         task_status)
+        await _serve_all(config, events, store, machines, supervisors, routes, registry,
+                         handle_signals, task_status)
     finally:
         store.close()
 
 
 async def _serve_all(config: Config, events: EventBus, store: Store, machines: Machines,
-                     supervisors: dict[str, Supervisor], handle_signals: bool,
+                     supervisors: dict[str, Supervisor], routes: dict[str, Route],
+                     registry: Registry, handle_signals: bool,
                      task_status: trio.TaskStatus[Gateway]) -> None:
     metrics = Metrics(supervisors)
     events.add_listener(metrics.listen)
     events.add_listener(store.record_event)
     shutdown = trio.Event()
     app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store,
-                          shutdown=shutdown)
+                          shutdown=shutdown, routes=routes, registry=registry)
     if config.auth.enabled:
         app = AuthGate(app, config, store)
     async with trio.open_nursery() as root:
         # The writer first, and out last: it writes what the supervisors' stops publish.
         await root.start(store.run)
         root.start_soon(_save_periodically, store, supervisors)
+        for route in routes.values():
+            await root.start(route.run)
         if config.notify:
             await root.start(Notifier(config.notify, events).run)
         # The signal watcher outlives the forced stop, so that a third signal cannot kill

@@ -21,6 +21,7 @@ code, and every other label a fixed word. Never a path.
 | `hestia_stops_total` | counter | `service`, `reason` (`idle` `api` `shutdown` `crash` `other`) |
 | `hestia_queue_rejections_total` | counter | `service`, `reason` (`full`, `timeout`) |
 | `hestia_semaphore_task_duration_seconds` | histogram | `service`, `action`, `status` |
+| `hestia_routing_decisions_total` | counter | `service`, `backend`, `reason` (several backends) |
 
 The three gauges are read from the supervisors at scrape time by a custom collector, so the
 proxy's hot path does no bookkeeping for them. Counters and histograms per service exist from
@@ -72,6 +73,8 @@ TASK_ACTIONS = frozenset({"start", "stop"})
 TASK_STATUSES = frozenset({"success", "error", "stopped", "not_created", "waiting", "starting",
                            "running", "waiting_confirmation", "confirmed", "rejected"})
 OTHER = "other"
+ROUTE_REASONS = frozenset({"map", "alias", "default", "balance", "ready", "first", "failover",
+                           "sticky"})
 
 
 def _bounded(value: Any, allowed: frozenset[str] | set[str]) -> str:
@@ -141,6 +144,9 @@ class Metrics:
         self.semaphore_tasks = Histogram(
             "hestia_semaphore_task_duration_seconds", "Semaphore tasks, by action and status.",
             ["service", "action", "status"], buckets=TASK_BUCKETS, registry=registry)
+        self.routing = Counter("hestia_routing_decisions_total",
+                               "Backends chosen by a strategy, and why.",
+                               ["service", "backend", "reason"], registry=registry)
         registry.register(_SupervisorGauges(supervisors))
 
         # The hot path: one dict lookup, then the children (label lookups take a lock and
@@ -184,6 +190,11 @@ class Metrics:
             self._request_children[service, status] = (counter, histogram)
         counter.inc()
         histogram.observe(duration_s)
+
+    def routed(self, service: str, backend: str, reason: str) -> None:
+        """A strategy chose `backend` of `service` (several backends) for `reason`."""
+        if f"{service}@{backend}" in self._supervisors:
+            self.routing.labels(service, backend, _bounded(reason, ROUTE_REASONS)).inc()
 
     def first_byte(self, service: str, seconds: float) -> None:
         child = self._first_byte.get(service)

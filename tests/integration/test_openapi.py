@@ -235,11 +235,12 @@ async def test_real_answers_in_every_state_match_the_document(start_gateway, spe
                                                "max_body_size": "1KiB"}),
                 "broken": failing_service(startup={"cooldown": 0}),
                 "flaky": failing_service(startup={"cooldown": "60s"}),
+                "duo": {**upstream_service(), "backends": {"a": {}, "b": {}}},
             })
         async with client(gateway) as http:
             check = spec.check
             # Everything COLD.
-            assert check(await http.get("/__health"), 200) == {"status": "ok", "services": 3}
+            assert check(await http.get("/__health"), 200) == {"status": "ok", "services": 5}
             index = check(await http.get("/"), 200)
             assert {re.sub(r"\{[^/]+\}", "{}", p) for p in index["api"]} == {
                 re.sub(r"\{[^/]+\}", "{}", p) for p in spec.doc["paths"]} - {"/"}
@@ -247,11 +248,18 @@ async def test_real_answers_in_every_state_match_the_document(start_gateway, spe
             assert "hestia_requests_total" in check(await http.get("/metrics"), 200)
             check(await http.get("/v1/metrics"), 200)
             listed = check(await http.get("/v1/services"), 200)["services"]
-            assert [s["state"] for s in listed] == ["COLD"] * 3
+            assert [s["state"] for s in listed] == ["COLD"] * 5
+            # A service with several backends: its route, the strategies, one backend each.
+            route = check(await http.get("/v1/services/duo/status"), 200)
+            assert [b["id"] for b in route["backends"]] == ["duo@a", "duo@b"]
+            assert check(await http.get("/v1/strategies"), 200)["services"][0]["serviceId"] == \
+                "duo"
+            assert check(await http.post("/v1/services/duo/start"), 400)["backends"] == [
+                "duo@a", "duo@b"]
             cold = check(await http.get("/v1/services/up/status"), 200)
             assert cold["pid"] is None and cold["automation"]["enabled"] is False
             unknown = check(await http.get("/v1/services/nope/status"), 404)
-            assert unknown["services"] == ["broken", "flaky", "up"]
+            assert unknown["services"] == ["broken", "duo", "flaky", "up"]
             check(await http.post("/v1/services/nope/start"), 404)
             check(await http.post("/v1/services/nope/stop"), 404)
             check(await http.post("/v1/services/up/stop"), 409)  # COLD: nothing to stop

@@ -58,7 +58,7 @@ def test_public_surface_is_sorted_and_complete():
     import hestia.routing as routing
 
     assert routing_all == sorted(routing_all)
-    assert {n for n in dir(routing) if not n.startswith("_")} - {"builtin", "strategy"} \
+    assert {n for n in dir(routing) if not n.startswith("_")} - {"builtin", "strategy", "router"} \
         == set(routing_all)
 
 

@@ -14,12 +14,14 @@ from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..errors import GatewayError, UnknownService, error_response
+from ..errors import GatewayError, RequestRejected, UnknownService, error_response
 from ..events import EventBus
 from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
+from ..routing.router import Route
+from ..routing.strategy import Registry, default_registry
 from ..store import Store
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
@@ -35,16 +37,22 @@ __all__ = ["create_app"]
 
 def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None = None, *,
                events: EventBus | None = None, metrics: Metrics | None = None,
-               store: Store | None = None, shutdown: trio.Event | None = None) -> QuartTrio:
-    """The ASGI app serving the proxy and the API for these supervisors."""
+               store: Store | None = None, shutdown: trio.Event | None = None,
+               routes: Mapping[str, Route] | None = None,
+               registry: Registry | None = None) -> QuartTrio:
+    """The ASGI app serving the proxy and the API for these supervisors (each its own route
+    unless `routes` says which serve which service)."""
     machines = machines or Machines()
+    if routes is None:
+        routes = {name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
+    registry = registry or default_registry()
     events = events or EventBus()
     metrics = metrics or Metrics(supervisors)
     app = QuartTrio("hestia", static_folder=None)
     # No MAX_CONTENT_LENGTH: API bodies are bounded by `json_body`, which drains (body.py).
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    proxy = ProxyHandler(supervisors, metrics)
-    websockets = WebSocketProxy(supervisors, shutdown)
+    proxy = ProxyHandler(supervisors, metrics, routes)
+    websockets = WebSocketProxy(supervisors, shutdown, routes)
     quart_asgi = app.asgi_app
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -62,8 +70,13 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     def supervisor_for(service_id: str) -> Supervisor:
         supervisor = supervisors.get(service_id)
         if supervisor is None:
+            route = routes.get(service_id)
+            if route is not None:
+                ids = [sup.name for sup in route.backends.values()]
+                raise RequestRejected(f"{service_id!r} has several backends: address one of "
+                                      f"{', '.join(ids)}", service=service_id, backends=ids)
             raise UnknownService(f"no service named {service_id!r}", service=service_id,
-                                 services=sorted(supervisors))
+                                 services=sorted(routes))
         return supervisor
 
     app.register_blueprint(semaphore_blueprint(supervisor_for, supervisors))
@@ -108,13 +121,15 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     async def index() -> Response:
         return jsonify(
             name="hestia",
-            services={name: {"url": f"/services/{name}/", "state": sup.state.name}
-                      for name, sup in supervisors.items()},
+            services={name: {"url": f"/services/{name}/",
+                             "state": route.single.state.name if route.single else None,
+                             "backends": [sup.name for sup in route.backends.values()]}
+                      for name, route in routes.items()},
             api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
                  "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
                  "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
                  "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
-                 "/v1/requests", "/v1/openapi.json", "/__health"])
+                 "/v1/requests", "/v1/strategies", "/v1/openapi.json", "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:
@@ -139,7 +154,17 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
 
     @app.get("/v1/services/<service_id>/status")
     async def get_status(service_id: str) -> Response:
+        route = routes.get(service_id)
+        if route is not None and route.single is None:
+            return jsonify({**route.status(), "backends": [
+                {**b, "status": service_status(route.backends[b["name"]])}
+                for b in route.status()["backends"]]})
         return jsonify(service_status(supervisor_for(service_id)))
+
+    @app.get("/v1/strategies")
+    async def strategies() -> Response:
+        return jsonify(strategies=registry.describe(),
+                       services=[r.status() for r in routes.values() if r.single is None])
 
     @app.post("/v1/services/<service_id>/start")
     async def start_service(service_id: str) -> tuple[Response, int]:

@@ -62,8 +62,8 @@ class AuthGate:
         self.app = app
         self.store = store
         self.forward = config.auth.forward_authorization
-        self.open_services = {sid.encode() for sid, s in config.services.items()
-                              if s.auth == "none"}
+        self.open_services = {sid.encode() for sid, route in config.routes.items()
+                              if all(config.services[b].auth == "none" for b in route.backends)}
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._touched: dict[str, float] = {}
 

@@ -201,8 +201,22 @@ SCHEMAS: dict[str, Schema] = {
     "Index": _object(
         {"name": {"const": "hestia"},
          "services": {"type": "object", "additionalProperties": _object(
-             {"url": STR, "state": _ref("State")}, closed=True)},
+             {"url": STR, "state": {"anyOf": [_ref("State"), {"type": "null"}]},
+              "backends": STRINGS}, closed=True)},
          "api": STRINGS}, closed=True),
+    "RouteStatus": _object(
+        {"serviceId": STR, "strategy": {"type": ["string", "null"]},
+         "options": {"type": "object"},
+         "backends": {"type": "array", "items": _object(
+             {"name": STR, "id": STR, "state": _ref("State"), "healthy": {"type": "boolean"},
+              "weight": {"type": "integer", "minimum": 1}, "inFlight": COUNT},
+             optional={"status": _ref("ServiceStatus")}, closed=True)},
+         "decisions": {"type": "array", "items": _object(
+             {"backend": STR, "reason": STR, "count": COUNT}, closed=True)}}, closed=True),
+    "Strategies": _object(
+        {"strategies": {"type": "array", "items": _object(
+            {"name": STR, "origin": STR, "doc": STR}, closed=True)},
+         "services": {"type": "array", "items": _ref("RouteStatus")}}, closed=True),
     "Health": _object({"status": {"const": "ok"}, "services": COUNT}, closed=True),
 }
 
@@ -288,10 +302,15 @@ PATHS: dict[str, Any] = {
         "ok")})},
     "/v1/services/{serviceId}/status": {"get": _op(
         "serviceStatus", "One service's status",
-        {"200": _json(_ref("ServiceStatus"), "ok"), "404": UNKNOWN}, parameters=[SERVICE])},
+        {"200": _json({"anyOf": [_ref("ServiceStatus"), _ref("RouteStatus")]},
+                      "one backend's status; for a service with several, its route with each "
+                      "backend's status"),
+         "404": UNKNOWN}, parameters=[SERVICE])},
     "/v1/services/{serviceId}/start": {"post": _op(
         "startService", "Start a service without a request (from FAILED too: skips the "
         "cool-down)", {"202": _json(_ref("Accepted"), "the start is under way"),
+                       "400": _error("the service has several backends: start one of them, "
+                                     "`<service>@<backend>`"),
                        "404": UNKNOWN, "409": CONFLICT}, parameters=[SERVICE])},
     "/v1/services/{serviceId}/stop": {"post": _op(
         "stopService", "Stop a service (in-flight requests get the grace period; a start "
@@ -355,6 +374,9 @@ PATHS: dict[str, Any] = {
                     _query("limit", {"type": "integer", "minimum": 0, "default": 100},
                            "at most 1,000; a value that is not a number means 100")],
         tag="observe")},
+    "/v1/strategies": {"get": _op(
+        "strategies", "Loaded routing strategies, and each multi-backend service's route",
+        {"200": _json(_ref("Strategies"), "ok")}, tag="observe")},
     "/v1/metrics": {"get": _op("metrics", "The Prometheus samples as JSON", {"200": _json(
         _object({"metrics": {"type": "array", "items": _ref("MetricFamily")}}, closed=True),
         "ok")}, tag="observe")},

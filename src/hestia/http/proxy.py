@@ -16,6 +16,7 @@ cancels the exchange at once; an upstream that dies mid-response truncates the c
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ import trio
 
 from ..config import ActivityIgnoreConfig
 from ..errors import (
+    BackendCrashed,
     BackendSleeping,
     BodyTooLarge,
     GatewayError,
@@ -33,11 +35,14 @@ from ..errors import (
     UnknownService,
     UpstreamReset,
     UpstreamTimeout,
+    UpstreamUnreachable,
     error_response,
 )
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
+from ..routing.router import Route
+from ..routing.strategy import LocalAnswer, NoRoute, RequestContext
 from .upstream import (
     LAST_CHUNK,
     BodyReader,
@@ -47,7 +52,8 @@ from .upstream import (
     request_head,
 )
 
-__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "acquire_watching", "check_header_size"]
+__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "acquire_watching", "check_header_size",
+           "request_context"]
 
 log = structlog.get_logger("hestia.proxy")
 
@@ -111,6 +117,26 @@ class _ClientBody:
                 self._count(chunk)
                 yield chunk
 
+    async def prefetch(self, limit: int) -> bytes:
+        """Read the whole body ahead, for a strategy that routes by it, keeping it to forward
+        unchanged. Raises `BodyTooLarge` past `limit` (`strategy.max_body`), `_ClientGone`."""
+        while not self.done:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise _ClientGone
+            if not message.get("more_body", False):
+                self.done = True
+            chunk = message.get("body", b"")
+            if chunk:
+                self.buffered.append(chunk)
+                self.buffered_bytes += len(chunk)
+                if self.buffered_bytes > limit:
+                    raise BodyTooLarge(f"the request body is larger than the {limit} bytes "
+                                       "this service's strategy reads to route it "
+                                       "(strategy.max_body)", limit=limit)
+        return b"".join(self.buffered)
+
     def _count(self, chunk: bytes) -> None:
         self.pulled = True
         self.sent += len(chunk)
@@ -140,7 +166,7 @@ class _Exchange:
     """What one proxied request has done so far (for the error path and the log line)."""
 
     __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes",
-                 "total_deadline", "first_byte_deadline", "sent_at")
+                 "total_deadline", "first_byte_deadline", "sent_at", "backend", "route")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
@@ -152,6 +178,8 @@ class _Exchange:
         self.total_deadline = math.inf
         self.first_byte_deadline = math.inf
         self.sent_at = 0.0
+        self.backend = service  # the backend's id (`<service>@<backend>` with several)
+        self.route: str | None = None  # why the strategy chose it (several backends only)
 
 
 class _IgnoreRules:
@@ -179,9 +207,12 @@ class ProxyHandler:
     """ASGI handler for every `http` request whose path starts with `/services/`."""
 
     def __init__(self, supervisors: Mapping[str, Supervisor],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, routes: Mapping[str, Route] | None = None,
+                 ) -> None:
         self.supervisors = supervisors
         self.metrics = metrics
+        self.routes = routes if routes is not None else {
+            name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
         self._ignore = {name: _IgnoreRules(sup.config.activity.ignore)
                         for name, sup in supervisors.items()
                         if sup.config.activity.ignore.paths
@@ -198,24 +229,26 @@ class ProxyHandler:
         exchange = _Exchange(request_id_from(headers), name)
         body: _ClientBody | None = None
         try:
-            supervisor = self.supervisors.get(name)
-            if supervisor is None:
+            route = self.routes.get(name)
+            if route is None:
                 raise UnknownService(f"no service named {name!r}", service=name,
-                                     services=sorted(self.supervisors))
+                                     services=sorted(self.routes))
             target = b"/" + rest
             query = scope.get("query_string", b"")
             if query:
                 target += b"?" + query
-            limits = supervisor.config.limits
+            limits = route.first.config.limits
             if limits.max_header_size:
                 check_header_size(scope, limits.max_header_size)
             upstream_headers, chunked, has_body = self._request_headers(
                 scope, exchange, limits.max_body_size)
             body = _ClientBody(receive, has_body, limits.max_body_size)
-            rules = self._ignore.get(name)
-            passive = rules is not None and rules.match(b"/" + rest, headers)
-            await self._serve(supervisor, scope, body, send, target, upstream_headers, chunked,
-                              exchange, passive)
+            if route.single is not None:
+                await self._forward(route.single, scope, body, send, target, rest,
+                                    upstream_headers, chunked, exchange)
+            else:
+                await self._route(route, scope, body, send, target, rest, upstream_headers,
+                                  chunked, exchange)
         except GatewayError as error:
             if error.service is None:
                 error.service = name
@@ -233,12 +266,82 @@ class ProxyHandler:
         else:
             outcome = None
         if self.metrics is not None:
-            self.metrics.request(name, exchange.status, trio.current_time() - began)
+            self.metrics.request(exchange.backend, exchange.status,
+                                 trio.current_time() - began)
         log.info("request", request_id=exchange.request_id, service=name,
                  method=scope["method"], path=raw_path.decode("latin-1"),
                  status=exchange.status, bytes=exchange.body_bytes,
                  duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome,
-                 key=scope.get("hestia.key"))
+                 key=scope.get("hestia.key"), backend=exchange.backend, route=exchange.route)
+
+    async def _forward(self, supervisor: Supervisor, scope: Scope, body: _ClientBody,
+                       send: Send, target: bytes, rest: bytes,
+                       headers: list[tuple[bytes, bytes]], chunked: bool,
+                       exchange: _Exchange) -> None:
+        exchange.backend = supervisor.name
+        rules = self._ignore.get(supervisor.name)
+        passive = rules is not None and rules.match(b"/" + rest, scope["headers"])
+        await self._serve(supervisor, scope, body, send, target, headers, chunked, exchange,
+                          passive)
+
+    async def _route(self, route: Route, scope: Scope, body: _ClientBody, send: Send,
+                     target: bytes, rest: bytes, headers: list[tuple[bytes, bytes]],
+                     chunked: bool, exchange: _Exchange) -> None:
+        """Several backends: the strategy answers (a model listing) or picks one. A backend
+        whose upstream refused the connection, or that died under a request nothing of whose
+        answer had come yet, is marked unhealthy, and the request goes once to another: always
+        for a refused connection (nothing was sent), for a crash only when sending it again is
+        safe (an idempotent method, or no body read yet)."""
+        parsed = None
+        if route.needs_body and not body.done:
+            try:
+                parsed = json.loads(await body.prefetch(route.config.max_body))
+            except ValueError:
+                parsed = None  # not JSON: the strategy routes without it
+        ctx = request_context(scope, rest, parsed)
+        local = route.answer(ctx)
+        if local is not None:
+            exchange.route = "local"
+            await self._send_local(send, local, exchange)
+            return
+        supervisor, decision = route.pick(ctx)
+        exchange.route = decision.reason
+        if self.metrics is not None:
+            self.metrics.routed(route.service, decision.backend, decision.reason)
+        try:
+            await self._forward(supervisor, scope, body, send, target, rest, headers, chunked,
+                                exchange)
+        except (UpstreamUnreachable, UpstreamReset, BackendCrashed) as exc:
+            safe = isinstance(exc, UpstreamUnreachable) or (
+                scope["method"].encode() in IDEMPOTENT)
+            if body.pulled or exchange.response_started or not safe:
+                raise
+            route.mark_unhealthy(decision.backend, exc.detail)
+            try:
+                supervisor, decision = route.pick(ctx, frozenset({decision.backend}))
+            except NoRoute:
+                raise exc from None
+            exchange.route = decision.reason
+            if self.metrics is not None:
+                self.metrics.routed(route.service, decision.backend, decision.reason)
+            log.info("request_failover", request_id=exchange.request_id,
+                     service=route.service, backend=decision.backend, detail=exc.detail)
+            await self._forward(supervisor, scope, body, send, target, rest, headers, chunked,
+                                exchange)
+        if exchange.status >= 500:
+            route.mark_unhealthy(decision.backend, f"answered {exchange.status}")
+
+    async def _send_local(self, send: Send, answer: LocalAnswer, exchange: _Exchange) -> None:
+        exchange.status = answer.status
+        exchange.response_started = exchange.finished = True
+        exchange.body_bytes = len(answer.body)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                   for k, v in answer.headers]
+        headers += [(b"content-length", str(len(answer.body)).encode()),
+                    (b"x-request-id", exchange.request_id.encode())]
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     async def _send_error(self, send: Send, error: GatewayError, exchange: _Exchange) -> None:
         status, headers, body = error_response(error, exchange.request_id)
@@ -564,6 +667,16 @@ async def _drain(receive: Receive) -> None:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return
             drained += len(message.get("body", b""))
+
+
+def request_context(scope: Scope, rest: bytes, parsed: Any = None) -> RequestContext:
+    """What a strategy may know of a request (`parsed`: its JSON body, when it asked)."""
+    client = scope.get("client")
+    return RequestContext(
+        method=scope.get("method", "GET"), path=(b"/" + rest).decode("latin-1"),
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        client=client[0] if client else None, json=parsed)
 
 
 def check_header_size(scope: Scope, limit: int) -> None:

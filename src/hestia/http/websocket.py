@@ -45,7 +45,8 @@ from ..errors import (
 )
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
-from .proxy import HOP_BY_HOP, PREFIX, acquire_watching, check_header_size
+from ..routing.router import Route
+from .proxy import HOP_BY_HOP, PREFIX, acquire_watching, check_header_size, request_context
 
 __all__ = ["WebSocketProxy"]
 
@@ -85,8 +86,11 @@ class WebSocketProxy:
     """ASGI handler for every `websocket` whose path starts with `/services/`."""
 
     def __init__(self, supervisors: Mapping[str, Supervisor],
-                 shutdown: trio.Event | None = None) -> None:
+                 shutdown: trio.Event | None = None,
+                 routes: Mapping[str, Route] | None = None) -> None:
         self.supervisors = supervisors
+        self.routes = routes if routes is not None else {
+            name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
         # Set when the gateway shuts down: open sockets are closed with 1001 then, instead of
         # holding up the graceful shutdown for its whole grace period.
         self.shutdown = shutdown if shutdown is not None else trio.Event()
@@ -104,10 +108,13 @@ class WebSocketProxy:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            supervisor = self.supervisors.get(name)
-            if supervisor is None:
+            route = self.routes.get(name)
+            if route is None:
                 raise UnknownService(f"no service named {name!r}", service=name,
-                                     services=sorted(self.supervisors))
+                                     services=sorted(self.routes))
+            supervisor = route.single
+            if supervisor is None:  # several backends: the strategy picks (without a body)
+                supervisor, _ = route.pick(request_context(scope, rest))
             limits = supervisor.config.limits
             if limits.max_header_size:
                 check_header_size(scope, limits.max_header_size)

@@ -97,7 +97,7 @@ class StartSequence:
         """One attempt: the started backend, or None with the failure added to `attempts`.
         On cancellation (a stop, the shutdown), `_running` still holds what was started."""
         placement = self.placement
-        context = LaunchContext(self.name, self.backend, placement.upstream, placement.port,
+        context = LaunchContext(self.service, self.backend, placement.upstream, placement.port,
                                 placement.machine)
         timeout = placement.readiness.timeout
         began = trio.current_time()

@@ -63,8 +63,9 @@ class Supervisor(StartSequence):
                  fallbacks: Sequence[Placement] = (), machines: Machines | None = None,
                  group: Group | None = None, backend: str = "default",
                  drain_timeout: float = 10.0, events: EventBus | None = None) -> None:
-        self.name = name
+        self.name = name  # the backend's id: the service's, or `<service>@<backend>`
         self.backend = backend
+        self.service = name.partition("@")[0]  # what clients address (`HESTIA_SERVICE`)
         self.config = config
         self.placements = [Placement.primary(config, launcher, probe), *fallbacks]
         self.placement = self.placements[0]  # the one running, or last tried
