@@ -243,9 +243,12 @@ class ProxyHandler:
             upstream_headers, chunked, has_body = self._request_headers(
                 scope, exchange, limits.max_body_size)
             body = _ClientBody(receive, has_body, limits.max_body_size)
-            if route.single is not None:
-                await self._forward(route.single, scope, body, send, target, rest,
-                                    upstream_headers, chunked, exchange)
+            supervisor = route.single
+            if supervisor is not None:  # the hot path: no strategy, no extra call
+                rules = self._ignore.get(name)
+                passive = rules is not None and rules.match(b"/" + rest, headers)
+                await self._serve(supervisor, scope, body, send, target, upstream_headers,
+                                  chunked, exchange, passive)
             else:
                 await self._route(route, scope, body, send, target, rest, upstream_headers,
                                   chunked, exchange)
