@@ -292,9 +292,9 @@ class ProxyHandler:
                      chunked: bool, exchange: _Exchange) -> None:
         """Several backends: the strategy answers (a model listing) or picks one. A backend
         whose upstream refused the connection, or that died under a request nothing of whose
-        answer had come yet, is marked unhealthy, and the request goes once to another: always
-        for a refused connection (nothing was sent), for a crash only when sending it again is
-        safe (an idempotent method, or no body read yet)."""
+        answer had come yet, is marked unhealthy, and the request goes once to another: for a
+        refused connection always (nothing was sent), for a crash or reset only when sending it
+        again is safe (an idempotent method, none of whose body has been sent)."""
         parsed = None
         if route.needs_body and not body.done:
             try:
