@@ -372,7 +372,7 @@ class Config(_Model):
         for sid, service in self.services.items():
             placements = [("launcher", service.launcher)] + [
                 (f"fallbacks[{i}].launcher", f.launcher) for i, f in enumerate(service.fallbacks)]
-            found += [(f"services.{sid}.{where}.semaphore", launcher.semaphore)
+            found += [(_backend_path(f"services.{sid}.{where}.semaphore"), launcher.semaphore)
                       for where, launcher in placements if launcher.semaphore is not None]
         return found
 
