@@ -176,3 +176,41 @@ def test_hestia_check_accepts_the_example_configuration():
                             env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+def test_backends_expand_with_the_service_fields_as_defaults():
+    config = parse_config({"groups": {"gpu": {}}, "services": {"llm": {
+        "launcher": {"external": {}}, "idle_timeout": "1m", "group": "gpu",
+        "strategy": {"name": "by_model", "map": {"llama3": "llama"}, "max_body": "64KiB"},
+        "backends": {"llama": {"upstream": "http://127.0.0.1:1"},
+                     "mistral": {"upstream": "http://127.0.0.1:2", "idle_timeout": "5m",
+                                 "weight": 3}}}}}, env={})
+    assert list(config.services) == ["llm@llama", "llm@mistral"]
+    llama, mistral = config.services["llm@llama"], config.services["llm@mistral"]
+    assert (llama.idle_timeout, llama.group, llama.weight) == (60.0, "gpu", 1)
+    assert (mistral.idle_timeout, mistral.weight) == (300.0, 3)
+    route = config.routes["llm"]
+    assert route.backends == ["llm@llama", "llm@mistral"]
+    assert (route.strategy.name, route.strategy.max_body) == ("by_model", 65536)
+    assert route.strategy.options == {"map": {"llama3": "llama"}}
+
+
+def test_errors_in_backends_name_their_place_in_the_file():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"routes": {}, "services": {
+            "llm": {"launcher": {"external": {}},
+                    "backends": {"a": {"upstream": "nope"}, "b": {"machine": "gpu",
+                                                                  "upstream": "http://x:1"}}},
+            "one": {"upstream": "http://x:1", "launcher": {"external": {}},
+                    "strategy": {"name": "round_robin"}}}}, env={})
+    assert sorted(caught.value.errors) == [
+        ("routes", "computed from services; not a configuration key"),
+        ("services.llm.backends.a.upstream",
+         "upstream must be an http:// or https:// URL with a host"),
+        ("services.one.strategy", "a strategy needs `backends`"),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"services": {"llm": {"launcher": {"external": {}}, "backends": {
+            "b": {"machine": "gpu", "upstream": "http://x:1"}}}}}, env={})
+    assert caught.value.errors == [("", "services.llm.backends.b.machine: unknown machine "
+                                        "'gpu' (declare it under machines)")]
