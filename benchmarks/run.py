@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import streaming
+from streaming import cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,7 +61,6 @@ TARGET_ADDED_P50_MS = 1.0    # (c) p50 - (a) p50 at c=1
 TARGET_COLD_MS = 20.0        # median cold-start added latency
 TARGET_HELD = 2000           # requests held during one slow start
 TARGET_RSS_MB = 150.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -222,17 +222,6 @@ def listen_overflows() -> int | None:
             if "ListenOverflows" in fields:
                 return int(fields["ListenOverflows"])
     return None
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def versions(python: str, modules: list[str]) -> dict[str, str]:

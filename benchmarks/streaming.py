@@ -268,7 +268,10 @@ def upload(port: int, path: str, size: int) -> tuple[int, float, str]:
 # --- measuring ------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system) the process has used so far; None if it cannot be read."""
+    if pid is None:
+        return None
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -315,14 +318,14 @@ def _delays_watched(gateway: Gateway, port: int, path: str, count: int) -> dict[
     a wake-up can wait for the next scheduler tick (4 ms at HZ=250): that is other load."""
     cpus, mine = os.sched_getaffinity(gateway.pid), os.sched_getaffinity(0)
     jiffies, client_jiffies = _jiffies(cpus), _jiffies(mine)
-    own, preempted = _cpu_seconds(gateway.pid), _preemptions(gateway.pid)
+    own, preempted = cpu_seconds(gateway.pid), _preemptions(gateway.pid)
     began = time.monotonic()
     row = chunk_delays(port, path, count, INTERVAL_MS)
     elapsed = time.monotonic() - began
     busy, total = (b - a for a, b in zip(jiffies, _jiffies(cpus), strict=True))
     client_busy, client_total = (b - a for a, b in zip(client_jiffies, _jiffies(mine),
                                                        strict=True))
-    after = _cpu_seconds(gateway.pid)
+    after = cpu_seconds(gateway.pid)
     row["gateway_cpus_busy_pct"] = 100.0 * busy / total if total else None
     row["client_cpus_busy_pct"] = 100.0 * client_busy / client_total if client_total else None
     row["gateway_cpu_pct"] = (100.0 * (after - own) / elapsed / len(cpus)
@@ -333,12 +336,12 @@ def _delays_watched(gateway: Gateway, port: int, path: str, count: int) -> dict[
 
 def _transfer(kind: str, port: int, path: str, size: int,
               pids: dict[str, int]) -> dict[str, Any]:
-    before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
     client_before = time.process_time()
     moved, seconds, framing = (download if kind == "download" else upload)(port, path, size)
     cpu = {"client": 100.0 * (time.process_time() - client_before) / seconds}
     for key, pid in pids.items():
-        after = _cpu_seconds(pid)
+        after = cpu_seconds(pid)
         start = before[key]
         cpu[key] = None if after is None or start is None else 100.0 * (after - start) / seconds
     if moved != size:

@@ -106,28 +106,27 @@ class _ClientBody:
             self._count(chunk)
             yield chunk
         while not self.done:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise _ClientGone
-            if not message.get("more_body", False):
-                self.done = True
-            chunk = message.get("body", b"")
+            chunk = await self._next()
             if chunk:
                 self._count(chunk)
                 yield chunk
+
+    async def _next(self) -> bytes:
+        """The next piece of the body (possibly empty); sets `done` with the last one. Raises
+        `_ClientGone`."""
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            raise _ClientGone
+        if not message.get("more_body", False):
+            self.done = True
+        return message.get("body", b"")
 
     async def prefetch(self, limit: int) -> bytes:
         """Read the whole body ahead, for a strategy that routes by it, keeping it to forward
         unchanged. Raises `BodyTooLarge` past `limit` (`strategy.max_body`), `_ClientGone`."""
         while not self.done:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise _ClientGone
-            if not message.get("more_body", False):
-                self.done = True
-            chunk = message.get("body", b"")
+            chunk = await self._next()
             if chunk:
                 self.buffered.append(chunk)
                 self.buffered_bytes += len(chunk)
