@@ -23,6 +23,7 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import Registry, default_registry
 from ..store import Store
+from .body import read_body
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
 from .openapi import openapi_blueprint
@@ -49,7 +50,9 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     events = events or EventBus()
     metrics = metrics or Metrics(supervisors)
     app = QuartTrio("hestia", static_folder=None)
-    # No MAX_CONTENT_LENGTH: API bodies are bounded by `json_body`, which drains (body.py).
+    # Quart's limit answers 413 without reading the body, which hangs the kept-alive
+    # connection: API bodies are bounded by `read_body` instead, which drains (body.py).
+    app.config["MAX_CONTENT_LENGTH"] = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
     proxy = ProxyHandler(supervisors, metrics, routes)
     websockets = WebSocketProxy(supervisors, shutdown, routes)
@@ -89,6 +92,11 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
         g.request_id = request_id_from(
             [(k.lower().encode("latin-1"), v.encode("latin-1"))
              for k, v in request.headers.items() if k.lower() == "x-request-id"])
+
+    @app.before_request
+    async def _bounded_body() -> None:
+        # After `_request_id`, so that a 413 carries the id; before any route acts.
+        await read_body()
 
     @app.after_request
     async def _echo_request_id(response: Response) -> Response:
