@@ -6,6 +6,8 @@ Port: env HESTIA_PORT (set by the gateway). Binds 127.0.0.1. Speaks subprotocol 
 the client offers it. Every path echoes messages back (text as text, bytes as bytes), except:
 
   /close?code=C&reason=R   closes with code C and reason R right after the handshake
+  /reject?status=S&body=B  refuses the handshake with status S, the header `X-Why: refused` and
+                           the body B (none without `body`)
   /headers                 sends the handshake's request headers as one JSON text message first
   any path, message "crash" the process exits with status 3 at once (no close frame)
 
@@ -37,9 +39,15 @@ def main() -> None:
 
 async def serve(port: int, events: str | None) -> None:
     async def handler(request: WebSocketRequest) -> None:
+        parts = urlsplit(request.path)
+        if parts.path == "/reject":
+            query = parse_qs(parts.query)
+            body = query["body"][0].encode() if "body" in query else None
+            await request.reject(int(query["status"][0]), body=body,
+                                 extra_headers=[(b"x-why", b"refused")])
+            return
         chosen = SUPPORTED if SUPPORTED in request.proposed_subprotocols else None
         ws = await request.accept(subprotocol=chosen)
-        parts = urlsplit(request.path)
         messages = 0
         record = {"path": request.path, "subprotocol": chosen}
         try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -162,3 +164,32 @@ async def test_a_graceful_shutdown_closes_open_sockets_with_1001(start_gateway):
             with pytest.raises(ConnectionClosed) as caught:
                 await ws.get_message()
         assert caught.value.reason.code == 1001
+
+
+@pytest.mark.parametrize(("query", "body"), [("status=403&body=cross-origin", b"cross-origin"),
+                                             ("status=401", b"")])
+async def test_an_upstream_refusal_is_relayed_and_logged_without_a_traceback(
+        start_gateway, caplog, query, body):
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(30), capture_logs() as logs:
+        gateway = await start_gateway(services={"ws": ws_service()})
+        for _ in range(2):  # the gateway and the upstream serve on after a refusal
+            with pytest.raises(ConnectionRejected) as caught:
+                async with open_websocket_url(ws_url(gateway, f"/services/ws/reject?{query}"),
+                                              extra_headers=[(b"x-request-id", b"ws-1")]):
+                    pass
+            refused = caught.value
+            assert (refused.status_code, refused.body) == (int(query[7:10]), body)
+            assert sorted(refused.headers) == [
+                (b"content-length", str(len(body)).encode()), (b"x-request-id", b"ws-1"),
+                (b"x-why", b"refused")]
+        async with open_websocket_url(ws_url(gateway, "/services/ws/echo")) as ws:
+            await ws.send_message("still serving")
+            assert await ws.get_message() == "still serving"
+    refusals = [e for e in logs if e["event"] == "websocket" and e["error"]]
+    assert [(e["request_id"], e["service"], e["path"], e["status"], e["error"], e["code"])
+            for e in refusals] == [
+        ("ws-1", "ws", "/services/ws/reject", int(query[7:10]),
+         "websocket_rejected", None)] * 2
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING or r.exc_info] == []

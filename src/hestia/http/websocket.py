@@ -4,8 +4,10 @@ upstream.
 One WebSocket: the handshake waits for a lease like any request (starting a cold backend, in
 the hold queue, answered 503 JSON on failure); then the upstream handshake is made with the
 client's subprotocols and end-to-end headers; only once the upstream accepted is the client
-accepted, with the subprotocol the upstream chose (an upstream that rejects the handshake has
-its answer relayed). Then two tasks relay messages, text and binary, each way. Pings are
+accepted, with the subprotocol the upstream chose. An upstream that refuses the handshake has
+its answer relayed; one that fails it otherwise (closes the connection, answers something that
+is no handshake, takes longer than `timeouts.connect`) is answered with the JSON error, and its
+connection closed. Then two tasks relay messages, text and binary, each way. Pings are
 answered on each leg by its own end (hypercorn towards the client, trio-websocket towards the
 upstream), which keeps both connections alive.
 
@@ -21,12 +23,14 @@ trio-websocket one upstream message, each at most `limits.max_message_size`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
+import h11
 import structlog
 import trio
+import wsproto.utilities
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -39,6 +43,7 @@ from ..errors import (
     BackendStopped,
     GatewayError,
     UnknownService,
+    UpstreamReset,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
@@ -46,7 +51,8 @@ from ..errors import (
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
 from ..routing.router import Route
-from .proxy import HOP_BY_HOP, PREFIX, acquire_watching, check_header_size, request_context
+from .forwarding import HOP_BY_HOP, forwarded_headers
+from .proxy import PREFIX, acquire_watching, check_header_size, request_context
 
 __all__ = ["WebSocketProxy"]
 
@@ -56,6 +62,8 @@ log = structlog.get_logger("hestia.proxy")
 _HANDSHAKE = HOP_BY_HOP | {b"host", b"sec-websocket-key", b"sec-websocket-version",
                            b"sec-websocket-extensions", b"sec-websocket-protocol",
                            b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host"}
+# Dropped from a refusal the upstream sent, which is passed on with a framing of Hestia's own.
+_REFRAMED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # Codes an endpoint may not put in a close frame (RFC 6455 §7.4.1): only ever reported.
 _UNSENDABLE = {1004, 1005, 1006, 1015}
 _RECEIVE_BUFFER = 64 * 1024
@@ -68,9 +76,10 @@ class _Closed(Exception):
 class _Relay:
     """What one proxied WebSocket has done (for the log line)."""
 
-    __slots__ = ("messages_in", "messages_out", "closed_by", "code", "reason")
+    __slots__ = ("status", "messages_in", "messages_out", "closed_by", "code", "reason")
 
     def __init__(self) -> None:
+        self.status: int | None = None  # the handshake's answer: 101, or the refusal's status
         self.messages_in = 0   # client → upstream
         self.messages_out = 0  # upstream → client
         self.closed_by: str | None = None
@@ -126,12 +135,13 @@ class WebSocketProxy:
                 supervisor.release(lease)
         except GatewayError as error:
             error.service = error.service or name
-            await _deny(scope, send, error, request_id)
+            relay.status = await _deny(scope, send, error, request_id)
             outcome = error.code
         except _Closed:
             outcome = "client_disconnected"
         log.info("websocket", request_id=request_id, service=name,
-                 path=raw_path.decode("latin-1"), messages_in=relay.messages_in,
+                 path=raw_path.decode("latin-1"), status=relay.status,
+                 messages_in=relay.messages_in,
                  messages_out=relay.messages_out, closed_by=relay.closed_by, code=relay.code,
                  duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome)
 
@@ -141,32 +151,47 @@ class WebSocketProxy:
         """Connect upstream, accept the client, relay until either side closes. Returns the
         lease it holds at the end (a passive one under `activity.websockets: ignore`)."""
         placement = supervisor.placement
-        config = supervisor.config
         query = scope.get("query_string", b"")
         resource = (placement.prefix + b"/" + rest + (b"?" + query if query else b"")).decode(
             "latin-1")
+        refused: GatewayError | None = None
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task lives here
-            upstream = await _connect(nursery, supervisor, resource,
-                                      _subprotocols(scope), _headers(scope, request_id))
-            await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol,
-                        "headers": [(b"x-request-id", request_id.encode())]})
-            if config.activity.websockets == "ignore":
-                passive = supervisor.acquire_nowait(passive=True)
-                if passive is not None:  # READY: it must be, it just accepted
-                    supervisor.release(lease)
-                    lease = passive
-            with trio.CancelScope() as scope_:
-                lease.bind(scope_)
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(_going_away, self.shutdown, relay, tasks.cancel_scope)
-                    tasks.start_soon(_client_to_upstream, receive, upstream, relay,
-                                     tasks.cancel_scope)
-                    tasks.start_soon(_upstream_to_client, upstream, send, relay,
-                                     tasks.cancel_scope)
-            # The relay only noted who closed how: the close is sent here, where nothing can
-            # cancel it halfway (which would leave the client with a bare 1006).
-            await _close(upstream, send, relay, lease)
+            try:
+                upstream = await _connect(nursery, supervisor, resource,
+                                          _subprotocols(scope), _headers(scope, request_id))
+            except GatewayError as error:
+                # Raised in here, it would leave the nursery inside an ExceptionGroup, which
+                # `__call__` cannot answer: it is raised once the nursery is closed.
+                refused = error
+            else:
+                lease = await self._relay(supervisor, lease, upstream, receive, send,
+                                          request_id, relay)
             nursery.cancel_scope.cancel()
+        if refused is not None:
+            raise refused
+        return lease
+
+    async def _relay(self, supervisor: Supervisor, lease: Lease, upstream: WebSocketConnection,
+                     receive: Any, send: Any, request_id: str, relay: _Relay) -> Lease:
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol,
+                    "headers": [(b"x-request-id", request_id.encode())]})
+        relay.status = 101
+        if supervisor.config.activity.websockets == "ignore":
+            passive = supervisor.acquire_nowait(passive=True)
+            if passive is not None:  # READY: it must be, it just accepted
+                supervisor.release(lease)
+                lease = passive
+        with trio.CancelScope() as scope:
+            lease.bind(scope)
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(_going_away, self.shutdown, relay, tasks.cancel_scope)
+                tasks.start_soon(_client_to_upstream, receive, upstream, relay,
+                                 tasks.cancel_scope)
+                tasks.start_soon(_upstream_to_client, upstream, send, relay,
+                                 tasks.cancel_scope)
+        # The relay only noted who closed how: the close is sent here, where nothing can
+        # cancel it halfway (which would leave the client with a bare 1006).
+        await _close(upstream, send, relay, lease)
         return lease
 
 
@@ -192,24 +217,102 @@ async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
 async def _connect(nursery: trio.Nursery, supervisor: Supervisor, resource: str,
                    subprotocols: list[str], headers: list[tuple[bytes, bytes]],
                    ) -> WebSocketConnection:
-    """The upstream WebSocket. Raises `UpstreamUnreachable`, `UpstreamTimeout`, or
-    `_Rejected` with the upstream's own answer to the handshake."""
+    """The upstream WebSocket, its reader task started in `nursery`. Raises
+    `UpstreamUnreachable`, `UpstreamTimeout` (the whole handshake is bounded by
+    `timeouts.connect`), `UpstreamReset` (the upstream closed the connection or answered
+    something that is no handshake), or `_Rejected` with the upstream's own refusal."""
     placement = supervisor.placement
     timeout = supervisor.config.timeouts.connect
+    handshake = _Handshake(nursery)
+    upstream: WebSocketConnection | None = None
     try:
-        with trio.fail_after(timeout) if timeout > 0 else trio.CancelScope():
-            return await connect_websocket(
-                nursery, placement.host, placement.port, resource,
+        with trio.fail_after(timeout) if timeout > 0 else trio.CancelScope(), \
+                handshake.waiting:
+            upstream = await connect_websocket(
+                handshake, placement.host, placement.port, resource,  # type: ignore[arg-type]
                 use_ssl=placement.upstream.startswith("https:"), subprotocols=subprotocols,
                 extra_headers=headers, max_message_size=supervisor.config.limits.max_message_size,
                 receive_buffer_size=_RECEIVE_BUFFER)
     except trio.TooSlowError:
         raise UpstreamTimeout(f"the upstream WebSocket handshake took longer than {timeout}s",
                               phase="connect") from None
-    except ConnectionRejected as exc:
-        raise _Rejected(exc.status_code, list(exc.headers), exc.body or b"") from None
-    except (HandshakeError, OSError) as exc:
+    except OSError as exc:  # raised by the TCP connect, before the reader task starts
         raise UpstreamUnreachable(f"cannot open a WebSocket to the upstream: {exc}") from None
+    finally:
+        if upstream is None:
+            await handshake.discard()
+    # Taken out of `handshake`: the error's traceback holds the reader's frames, which hold
+    # `handshake`, and that cycle would keep the connection for the garbage collector.
+    error, handshake.error = handshake.error, None
+    if upstream is None:
+        raise _handshake_error(error)
+    handshake.done = True
+    if error is not None:
+        # The reader failed just after the handshake, before this task resumed: not an answer
+        # of the upstream's but a fault, and it is raised as such.
+        raise error
+    return upstream
+
+
+class _Handshake:
+    """Stands in for the nursery given to `connect_websocket`, which only starts its reader
+    task in it. Until the handshake is done, the reader's end is `_connect`'s to answer: raised
+    in the nursery (trio-websocket raises `ConnectionRejected` there), it would leave the
+    request's nursery as an ExceptionGroup, a 500 with a traceback; ended quietly (the upstream
+    closed the connection, a TLS failure), it would leave `connect_websocket` waiting forever.
+    So the reader's error is kept here and `waiting` is cancelled, which wakes `_connect`."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.waiting = trio.CancelScope()
+        self.done = False  # `connect_websocket` returned: the reader now belongs to the relay
+        self.error: Exception | None = None
+        self.connection: WebSocketConnection | None = None
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object,
+                   name: object = None) -> None:
+        # The reader task is a method of the connection: kept to close it if the handshake fails.
+        self.connection = getattr(fn, "__self__", None)
+        self._nursery.start_soon(self._read, fn, *args, name=name)
+
+    async def _read(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            if self.done:
+                raise
+            self.error = exc
+        self.waiting.cancel()  # once `connect_websocket` returned, this changes nothing
+
+    async def discard(self) -> None:
+        """Close the TCP connection of a handshake that failed. trio-websocket leaves it open
+        (its own `open_websocket` too) and has no public way to close it then: `aclose()` skips
+        the stream once a close reason is set, and waits forever in some rejected states. The
+        test that the upstream sees its connection closed guards this private call."""
+        if self.connection is not None:
+            with trio.CancelScope(shield=True):
+                await self.connection._close_stream()
+
+
+def _handshake_error(error: Exception | None) -> GatewayError:
+    """What the upstream's end of a handshake that never completed is answered with; raises
+    `error` itself when it is no fault of the upstream's."""
+    if isinstance(error, ConnectionRejected) and error.status_code >= 200:
+        return _Rejected(error.status_code, list(error.headers), error.body or b"")
+    if error is None:
+        return UpstreamReset("the upstream closed the connection before it answered the "
+                             "WebSocket handshake")
+    if isinstance(error, ConnectionRejected):  # a 1xx other than 101: no final answer
+        return UpstreamReset(f"the upstream answered the WebSocket handshake with "
+                             f"{error.status_code}")
+    if isinstance(error, (h11.ProtocolError, wsproto.utilities.ProtocolError)):
+        # An answer that is no HTTP, or a 101 that is no valid acceptance (trio-websocket
+        # then fails on its own attempt to refuse it).
+        return UpstreamReset(f"the upstream's answer to the WebSocket handshake is invalid: "
+                             f"{error}")
+    if isinstance(error, (HandshakeError, OSError, trio.BrokenResourceError)):
+        return UpstreamUnreachable(f"cannot open a WebSocket to the upstream: {error}")
+    raise error
 
 
 class _Rejected(GatewayError):
@@ -282,25 +385,9 @@ def _subprotocols(scope: dict[str, Any]) -> list[str]:
 
 
 def _headers(scope: dict[str, Any], request_id: str) -> list[tuple[bytes, bytes]]:
-    """The client's end-to-end headers (cookies, authorization, origin …), plus forwarding."""
-    out: list[tuple[bytes, bytes]] = []
-    host = forwarded_for = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value
-        elif name == b"x-forwarded-for":
-            forwarded_for = value
-        elif name not in _HANDSHAKE:
-            out.append((name, value))
-    client = scope.get("client")
-    if client:
-        ip = client[0].encode()
-        out.append((b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip))
-    out.append((b"x-forwarded-proto", b"wss" if scope.get("scheme") == "wss" else b"ws"))
-    if host:
-        out.append((b"x-forwarded-host", host))
-    out.append((b"x-request-id", request_id.encode()))
-    return out
+    """The client's end-to-end headers (cookies, origin …), plus forwarding; never a key."""
+    return forwarded_headers(scope, request_id, drop=_HANDSHAKE,
+                             proto=b"wss" if scope.get("scheme") == "wss" else b"ws")
 
 
 def _reason(text: str) -> str:
@@ -309,16 +396,23 @@ def _reason(text: str) -> str:
 
 
 async def _deny(scope: dict[str, Any], send: Any, error: GatewayError,
-                request_id: str) -> None:
+                request_id: str) -> int:
     """Refuse the handshake with an HTTP answer: the JSON error (or the upstream's own
-    rejection). Without the ASGI extension for that, a plain refusal (403) is all there is."""
+    refusal). Without the ASGI extension for that, a plain refusal (403) is all there is.
+    Returns the status sent."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         await send({"type": "websocket.close", "code": 1008})
-        return
+        return 403
     if isinstance(error, _Rejected):
-        status, headers, body = error.status, error.headers, error.body
-        headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+        status, body = error.status, error.body
+        # Framed anew for the body as received, and with the id Hestia logged (as for HTTP).
+        dropped = _REFRAMED | {t.strip().lower() for name, value in error.headers
+                               if name.lower() == b"connection" for t in value.split(b",")}
+        headers = [(k, v) for k, v in error.headers if k.lower() not in dropped]
+        headers += [(b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode())]
     else:
         status, headers, body = error_response(error, request_id)
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
+    return status
