@@ -6,6 +6,7 @@ HestiaError
 └── GatewayError                answered to a client (status, error code, Retry-After)
     ├── UnknownService          404  no service with that id
     ├── RequestRejected         4xx  the request breaks a limit (`limits`)
+    │   ├── BadFraming          400  a body whose length is ambiguous (connection closed)
     │   ├── BodyTooLarge        413  body over `limits.max_body_size`
     │   └── HeadersTooLarge     431  headers over `limits.max_header_size`
     ├── BackendUnavailable      503  + Retry-After
@@ -37,6 +38,7 @@ __all__ = [
     "BackendSleeping",
     "BackendStopped",
     "BackendUnavailable",
+    "BadFraming",
     "BodyTooLarge",
     "ConfigError",
     "GatewayError",
@@ -76,6 +78,7 @@ class GatewayError(HestiaError):
 
     status = 500
     code = "internal_error"
+    close_connection = False  # the answer ends the client's connection (`Connection: close`)
 
     def __init__(self, detail: str, *, service: str | None = None,
                  retry_after: float | None = None, **extra: Any) -> None:
@@ -94,6 +97,14 @@ class UnknownService(GatewayError):
 class RequestRejected(GatewayError):
     status = 400
     code = "bad_request"
+
+
+class BadFraming(RequestRejected):
+    """The request's body length is ambiguous or invalid (RFC 9112 §6.1, §6.3): what follows
+    it on the connection cannot be trusted to be a request of its own."""
+
+    code = "bad_framing"
+    close_connection = True
 
 
 class BodyTooLarge(RequestRejected):
@@ -175,6 +186,8 @@ def error_response(
         (b"x-request-id", request_id.encode()),
         (b"cache-control", b"no-store"),
     ]
+    if error.close_connection:
+        headers.append((b"connection", b"close"))
     if error.retry_after is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
     return error.status, headers, body

@@ -14,8 +14,9 @@ A key is accepted as `X-API-Key: KEY` or `Authorization: Bearer KEY`. Scopes:
 | `admin` | everything |
 
 `/__health` needs no key, nor does a service with `auth: none`. Missing or unknown key: 401;
-a key whose scope does not cover the request: 403; both JSON with the request id. The header
-that carried the key is removed before a request is proxied, unless `forward_authorization`.
+a key whose scope does not cover the request: 403; both JSON with the request id. No header
+holding a key is proxied, whatever the service's `auth` (http/forwarding.py), unless
+`forward_authorization` is on and the service required the key.
 Refusals are logged (`auth_denied`, with the key's name when there was one), and a proxied
 request's `request` line names the key that let it in (`key`); keys themselves never are.
 Lookups are cached for `CACHE_S` seconds, so a revoked key stops working within that time.
@@ -76,7 +77,7 @@ class AuthGate:
         if needed is None:
             await self.app(scope, receive, send)
             return
-        key, carrier = _presented(scope["headers"])
+        key = _presented(scope["headers"])
         row = self._lookup(key) if key is not None else None
         if row is None:
             reason = "no API key" if key is None else "unknown or revoked API key"
@@ -89,8 +90,10 @@ class AuthGate:
             return
         self._touch(row["name"])
         scope = {**scope, "hestia.key": row["name"]}  # the request's log line names the key
-        if not self.forward:
-            scope["headers"] = [h for h in scope["headers"] if h[0] != carrier]
+        if self.forward and needed == "proxy":
+            # Only a service that required the key may see it (http/forwarding.py strips every
+            # header holding a key from everything else that goes upstream).
+            scope["hestia.forward_key"] = True
         await self.app(scope, receive, send)
 
     def _needed(self, scope: dict[str, Any], path: bytes) -> str | None:
@@ -151,15 +154,15 @@ class AuthGate:
         await send({"type": "http.response.body", "body": body})
 
 
-def _presented(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bytes | None]:
-    """The key the request carries, and the header it came in."""
+def _presented(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key the request carries."""
     for name, value in headers:
         if name == b"x-api-key":
-            return value.decode("latin-1").strip(), name
+            return value.decode("latin-1").strip()
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip(), name
-    return None, None
+                return token.strip()
+    return None
 

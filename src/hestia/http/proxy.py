@@ -29,6 +29,7 @@ from ..config import ActivityIgnoreConfig
 from ..errors import (
     BackendCrashed,
     BackendSleeping,
+    BadFraming,
     BodyTooLarge,
     GatewayError,
     HeadersTooLarge,
@@ -43,6 +44,14 @@ from ..metrics import Metrics
 from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import LocalAnswer, NoRoute, RequestContext
+from .forwarding import (
+    FRAMING,
+    HOP_BY_HOP,
+    carries_key,
+    forwarded_headers,
+    request_framing,
+    response_headers,
+)
 from .upstream import (
     LAST_CHUNK,
     BodyReader,
@@ -58,10 +67,6 @@ __all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "acquire_watching", "check_he
 log = structlog.get_logger("hestia.proxy")
 
 PREFIX = b"/services/"
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
-    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect",
-})
 # Methods a request may be sent again for, when a kept-alive connection turns out closed.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 # The fast path: a response complete within this long is answered without a second task.
@@ -86,21 +91,24 @@ class _ClientBody:
     """The request body as ASGI messages, plus the client's disconnect."""
 
     __slots__ = ("receive", "buffered", "buffered_bytes", "done", "disconnected", "pulled",
-                 "limit", "sent")
+                 "limit", "sent", "length")
 
-    def __init__(self, receive: Receive, has_body: bool, limit: int = 0) -> None:
+    def __init__(self, receive: Receive, length: int | None, limit: int = 0) -> None:
         self.receive = receive
         self.buffered: list[bytes] = []
         self.buffered_bytes = 0
-        self.done = not has_body
+        self.length = length  # what the framing sent upstream announces; None: chunked
+        self.done = length == 0
         self.disconnected = False
         self.pulled = False
         self.limit = limit  # bytes; 0: none
         self.sent = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk. Raises `_ClientGone`, or `BodyTooLarge` past `limit`
-        (a chunked body announces no length, so it is counted as it goes)."""
+        """The body, chunk by chunk. Raises `_ClientGone`, `BodyTooLarge` past `limit` (a
+        chunked body announces no length, so it is counted as it goes), or `BadFraming` when
+        the body is not as long as its `Content-Length` says: not one byte more is handed out
+        than the framing sent upstream announced."""
         buffered, self.buffered = self.buffered, []
         for chunk in buffered:
             self._count(chunk)
@@ -110,6 +118,9 @@ class _ClientBody:
             if chunk:
                 self._count(chunk)
                 yield chunk
+        if self.length is not None and self.sent != self.length:
+            raise BadFraming(f"the request body is {self.sent} bytes, not the {self.length} "
+                             "its Content-Length announced")
 
     async def _next(self) -> bytes:
         """The next piece of the body (possibly empty); sets `done` with the last one. Raises
@@ -139,6 +150,9 @@ class _ClientBody:
     def _count(self, chunk: bytes) -> None:
         self.pulled = True
         self.sent += len(chunk)
+        if self.length is not None and self.sent > self.length:
+            raise BadFraming(f"the request body is longer than the {self.length} bytes its "
+                             "Content-Length announced")
         if self.limit and self.sent > self.limit:
             raise BodyTooLarge(f"the request body is larger than this service's limit of "
                                f"{self.limit} bytes (limits.max_body_size)", limit=self.limit)
@@ -165,7 +179,8 @@ class _Exchange:
     """What one proxied request has done so far (for the error path and the log line)."""
 
     __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes",
-                 "total_deadline", "first_byte_deadline", "sent_at", "backend", "route")
+                 "total_deadline", "first_byte_deadline", "sent_at", "backend", "route",
+                 "request_sent")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
@@ -179,6 +194,9 @@ class _Exchange:
         self.sent_at = 0.0
         self.backend = service  # the backend's id (`<service>@<backend>` with several)
         self.route: str | None = None  # why the strategy chose it (several backends only)
+        # The request's head and whole body went upstream as framed. Only then, and once the
+        # response was read to its end, may the connection serve another request.
+        self.request_sent = False
 
 
 class _IgnoreRules:
@@ -239,18 +257,22 @@ class ProxyHandler:
             limits = route.first.config.limits
             if limits.max_header_size:
                 check_header_size(scope, limits.max_header_size)
-            upstream_headers, chunked, has_body = self._request_headers(
-                scope, exchange, limits.max_body_size)
-            body = _ClientBody(receive, has_body, limits.max_body_size)
+            framing = request_framing(scope, limits.max_body_size)
+            upstream_headers = forwarded_headers(
+                scope, exchange.request_id, drop=FRAMING,
+                proto=scope.get("scheme", "http").encode())
+            if framing.header is not None:
+                upstream_headers.append(framing.header)
+            body = _ClientBody(receive, framing.length, limits.max_body_size)
             supervisor = route.single
             if supervisor is not None:  # the hot path: no strategy, no extra call
                 rules = self._ignore.get(name)
                 passive = rules is not None and rules.match(b"/" + rest, headers)
                 await self._serve(supervisor, scope, body, send, target, upstream_headers,
-                                  chunked, exchange, passive)
+                                  exchange, passive)
             else:
                 await self._route(route, scope, body, send, target, rest, upstream_headers,
-                                  chunked, exchange)
+                                  exchange)
         except GatewayError as error:
             if error.service is None:
                 error.service = name
@@ -278,17 +300,17 @@ class ProxyHandler:
 
     async def _forward(self, supervisor: Supervisor, scope: Scope, body: _ClientBody,
                        send: Send, target: bytes, rest: bytes,
-                       headers: list[tuple[bytes, bytes]], chunked: bool,
+                       headers: list[tuple[bytes, bytes]],
                        exchange: _Exchange) -> None:
         exchange.backend = supervisor.name
         rules = self._ignore.get(supervisor.name)
         passive = rules is not None and rules.match(b"/" + rest, scope["headers"])
-        await self._serve(supervisor, scope, body, send, target, headers, chunked, exchange,
+        await self._serve(supervisor, scope, body, send, target, headers, exchange,
                           passive)
 
     async def _route(self, route: Route, scope: Scope, body: _ClientBody, send: Send,
                      target: bytes, rest: bytes, headers: list[tuple[bytes, bytes]],
-                     chunked: bool, exchange: _Exchange) -> None:
+                     exchange: _Exchange) -> None:
         """Several backends: the strategy answers (a model listing) or picks one. A backend
         whose upstream refused the connection, or that died under a request nothing of whose
         answer had come yet, is marked unhealthy, and the request goes once to another: for a
@@ -311,7 +333,7 @@ class ProxyHandler:
         if self.metrics is not None:
             self.metrics.routed(route.service, decision.backend, decision.reason)
         try:
-            await self._forward(supervisor, scope, body, send, target, rest, headers, chunked,
+            await self._forward(supervisor, scope, body, send, target, rest, headers,
                                 exchange)
         except (UpstreamUnreachable, UpstreamReset, BackendCrashed) as exc:
             safe = isinstance(exc, UpstreamUnreachable) or (
@@ -328,7 +350,7 @@ class ProxyHandler:
                 self.metrics.routed(route.service, decision.backend, decision.reason)
             log.info("request_failover", request_id=exchange.request_id,
                      service=route.service, backend=decision.backend, detail=exc.detail)
-            await self._forward(supervisor, scope, body, send, target, rest, headers, chunked,
+            await self._forward(supervisor, scope, body, send, target, rest, headers,
                                 exchange)
         if exchange.status >= 500:
             route.mark_unhealthy(decision.backend, f"answered {exchange.status}")
@@ -353,7 +375,7 @@ class ProxyHandler:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, supervisor: Supervisor, scope: Scope, body: _ClientBody, send: Send,
-                     target: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
+                     target: bytes, headers: list[tuple[bytes, bytes]],
                      exchange: _Exchange, passive: bool) -> None:
         lease = supervisor.acquire_nowait(passive=passive)
         if lease is None:
@@ -372,7 +394,7 @@ class ProxyHandler:
         request = request_head(scope["method"].encode(), placement.prefix + target,
                                [*headers, (b"host", placement.host_header)])
         try:
-            await self._exchange(supervisor, lease, scope, body, send, request, chunked,
+            await self._exchange(supervisor, lease, scope, body, send, request,
                                  exchange)
         finally:
             supervisor.release(lease)
@@ -386,7 +408,7 @@ class ProxyHandler:
         return lease
 
     async def _exchange(self, supervisor: Supervisor, lease: Lease, scope: Scope,
-                        body: _ClientBody, send: Send, request: bytes, chunked: bool,
+                        body: _ClientBody, send: Send, request: bytes,
                         exchange: _Exchange) -> None:
         """Send the request; then, when the whole response is there within `QUICK`, answer it
         at once (the fast path); else stream it while watching the client (`_stream`).
@@ -410,7 +432,7 @@ class ProxyHandler:
             with trio.CancelScope(deadline=exchange.total_deadline) as cancel:
                 lease.bind(cancel)
                 retryable = method in IDEMPOTENT
-                conn = await self._send_request(supervisor, request, body, chunked,
+                conn = await self._send_request(supervisor, request, body, exchange,
                                                 retryable=retryable)
                 now = exchange.sent_at = trio.current_time()
                 if timeouts.first_byte > 0:
@@ -432,8 +454,8 @@ class ProxyHandler:
                                           exchange.first_byte_deadline)
                     await conn.aclose()
                     conn = None
-                    conn = await self._send_request(supervisor, request, body, chunked,
-                                                    retryable=True, fresh=True)
+                    conn = await self._send_request(supervisor, request, body,
+                                                    exchange, retryable=True, fresh=True)
                     head = await conn.read_head(method)
                 reader = BodyReader(conn, head)
                 data = reader.take()
@@ -449,13 +471,13 @@ class ProxyHandler:
             exchange.status = head.status
             exchange.body_bytes = len(data)
             exchange.finished = exchange.response_started = True
-            await supervisor.pool.release(conn)
+            await _give_back(supervisor, conn, exchange)
         except BaseException:
             if conn is not None and not exchange.finished:
                 await conn.aclose()
             raise
         await send({"type": "http.response.start", "status": head.status,
-                    "headers": self._response_headers(head.headers, exchange)})
+                    "headers": response_headers(head.headers, exchange.request_id)})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def _stream(self, supervisor: Supervisor, lease: Lease, conn: Connection,
@@ -481,7 +503,7 @@ class ProxyHandler:
                 exchange.status = head.status
                 exchange.response_started = True
                 await send({"type": "http.response.start", "status": head.status,
-                            "headers": self._response_headers(head.headers, exchange)})
+                            "headers": response_headers(head.headers, exchange.request_id)})
                 exchange.body_bytes += len(data)
                 # `read` returns all that has arrived and says when that was the end, so the
                 # last bytes go out with the end of the message and nothing waits on them.
@@ -492,7 +514,7 @@ class ProxyHandler:
                     data = await reader.read()
                     exchange.body_bytes += len(data)
                 exchange.finished = True
-                await supervisor.pool.release(conn)
+                await _give_back(supervisor, conn, exchange)
             except (GatewayError, _ClientGone) as exc:
                 failure = exc  # raised below, outside the nursery's exception group
             finally:
@@ -540,10 +562,14 @@ class ProxyHandler:
                 return
 
     async def _send_request(self, supervisor: Supervisor, request: bytes, body: _ClientBody,
-                            chunked: bool, *, retryable: bool, fresh: bool = False,
+                            exchange: _Exchange, *, retryable: bool, fresh: bool = False,
                             ) -> Connection:
-        """A connection on which the request (head and body) has been sent. Raises
-        `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset` or `_ClientGone`."""
+        """A connection on which the request (head and body) has been sent, or as much of it
+        as the upstream took before it answered early (`exchange.request_sent` says which).
+        Raises `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset`, `BadFraming`,
+        `BodyTooLarge` or `_ClientGone`, having closed the connection."""
+        exchange.request_sent = False
+        chunked = body.length is None
         connect_timeout = supervisor.config.timeouts.connect
         pool = supervisor.pool
         conn = await (pool.connect(connect_timeout) if fresh else
@@ -566,6 +592,7 @@ class ProxyHandler:
                     await conn.send(encode_chunk(data) if chunked else data)
                 if chunked:
                     await conn.send(LAST_CHUNK)
+                exchange.request_sent = True
             except (trio.BrokenResourceError, OSError):
                 pass  # the upstream may have answered early (413, 401) and closed: read that
         except BaseException:
@@ -573,69 +600,15 @@ class ProxyHandler:
             raise
         return conn
 
-    @staticmethod
-    def _request_headers(scope: Scope, exchange: _Exchange, max_body: int = 0,
-                         ) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
-        """The headers to send upstream (but `Host`, which depends on the placement), whether
-        the body is to be chunk-encoded, and whether there is a body at all. Raises
-        `BodyTooLarge` when `Content-Length` is over `max_body` (0: no limit)."""
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        dropped = HOP_BY_HOP
-        for name, value in headers:
-            if name == b"connection":
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
-        out: list[tuple[bytes, bytes]] = []
-        host = forwarded_for = None
-        chunked = has_length = False
-        length = b""
-        for name, value in headers:
-            if name in dropped:
-                chunked = chunked or name == b"transfer-encoding"
-            elif name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                forwarded_for = value
-            elif name not in (b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host"):
-                if name == b"content-length":
-                    has_length, length = True, value.strip()
-                out.append((name, value))
-        client = scope.get("client")
-        if client:
-            ip = client[0].encode()
-            out.append((b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip))
-        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        if host:
-            out.append((b"x-forwarded-host", host))
-        out.append((b"x-request-id", exchange.request_id.encode()))
-        chunked = chunked and not has_length
-        if max_body and has_length and length.isdigit() and int(length) > max_body:
-            # Refused before the backend is woken for it.
-            raise BodyTooLarge(f"the request body ({int(length)} bytes) is larger than this "
-                               f"service's limit of {max_body} bytes (limits.max_body_size)",
-                               limit=max_body)
-        if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        return out, chunked, chunked or (has_length and length != b"0")
 
-    @staticmethod
-    def _response_headers(headers: list[tuple[bytes, bytes]],
-                          exchange: _Exchange) -> list[tuple[bytes, bytes]]:
-        # The client sees the request id Hestia logged, whatever the upstream says.
-        dropped = HOP_BY_HOP | {b"x-request-id"}
-        event_stream = accel = False
-        for name, value in headers:
-            if name == b"connection":
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
-            elif name == b"content-type":
-                event_stream = value[:17].lower() == b"text/event-stream"
-            elif name == b"x-accel-buffering":
-                accel = True
-        out = [(name, value) for name, value in headers if name not in dropped]
-        out.append((b"x-request-id", exchange.request_id.encode()))
-        if event_stream and not accel:
-            # A reverse proxy in front of Hestia (nginx) must not hold back events either.
-            out.append((b"x-accel-buffering", b"no"))
-        return out
+async def _give_back(supervisor: Supervisor, conn: Connection, exchange: _Exchange) -> None:
+    """After a response read to its end: the connection goes back to the pool only when the
+    request also went out whole. Bytes of a request body still owed would otherwise be read by
+    the upstream as the start of the next client's request."""
+    if exchange.request_sent:
+        await supervisor.pool.release(conn)
+    else:
+        await conn.aclose()
 
 
 async def acquire_watching(supervisor: Supervisor,
@@ -677,7 +650,8 @@ def request_context(scope: Scope, rest: bytes, parsed: Any = None) -> RequestCon
     return RequestContext(
         method=scope.get("method", "GET"), path=(b"/" + rest).decode("latin-1"),
         query=scope.get("query_string", b"").decode("latin-1"),
-        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                 if not carries_key(k, v)},
         client=client[0] if client else None, json=parsed)
 
 

@@ -1,0 +1,160 @@
+"""What of a client's request goes upstream, and what of the upstream's answer comes back.
+
+Shared by the HTTP proxy and the WebSocket proxy, so that one set of rules decides what crosses:
+
+- **Framing** (`request_framing`): a request body goes upstream under exactly one rule, and the
+  bytes sent match it (RFC 9112 §6.1, §6.3). A request with both `Transfer-Encoding` and
+  `Content-Length`, or an HTTP/1.0 request with `Transfer-Encoding`, is refused (`BadFraming`,
+  400, connection closed): a server and an upstream could each read its length differently, and
+  the difference is a request smuggled onto a pooled connection. A chunked body goes upstream
+  chunked with no `Content-Length`; a `Content-Length` body with exactly one `Content-Length`.
+- **Headers** (`forwarded_headers`): hop-by-hop headers (and whatever `Connection` names) are
+  dropped; so are names with `_` that a server could read as one of those (CGI and WSGI map
+  `Transfer_Encoding` to `TRANSFER_ENCODING`). `X-Forwarded-For/-Proto/-Host` and `X-Request-ID`
+  are Hestia's own, never the client's.
+- **Keys**: a header carrying a Hestia API key (`X-API-Key` or `Authorization`, any value holding
+  a key) never goes upstream, whatever the service's `auth`; only for a service that required
+  the key, with `auth.forward_authorization`, does it pass (the auth gate marks such requests).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..errors import BadFraming, BodyTooLarge
+
+__all__ = [
+    "HOP_BY_HOP",
+    "KEY_CARRIERS",
+    "KEY_MARK",
+    "Framing",
+    "carries_key",
+    "connection_dropped",
+    "forwarded_headers",
+    "request_framing",
+    "response_headers",
+]
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect",
+})
+# Set by Hestia on every forwarded request; a client's own are dropped (X-Forwarded-For is
+# extended, not replaced).
+OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                 b"x-request-id", b"host"})
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+KEY_CARRIERS = frozenset({b"x-api-key", b"authorization"})
+KEY_MARK = b"hestia_"  # every key starts so (auth.new_key)
+# Methods whose requests carry no body unless they announce one; over HTTP/2 a body needs no
+# announcement, so for the others an unannounced body goes upstream chunked.
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
+
+Headers = list[tuple[bytes, bytes]]
+CHUNKED = (b"transfer-encoding", b"chunked")
+
+
+class Framing(NamedTuple):
+    """How a request's body goes upstream."""
+
+    length: int | None                 # exactly this many bytes (0: none); None: chunked
+    header: tuple[bytes, bytes] | None  # the one framing header sent upstream, if any
+
+
+def request_framing(scope: dict[str, Any], max_body: int = 0) -> Framing:
+    """How the request's body goes upstream. Raises `BadFraming` for a length that is
+    ambiguous or invalid, and `BodyTooLarge` when `Content-Length` is over `max_body`
+    (0: no limit)."""
+    codings: list[bytes] = []
+    lengths: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            codings += [c.strip(b" \t").lower() for c in value.split(b",")]
+        elif name == b"content-length":
+            lengths += [v.strip(b" \t") for v in value.split(b",")]
+    version = scope.get("http_version", "1.1")
+    if codings:
+        if version == "1.0":
+            raise BadFraming("an HTTP/1.0 request cannot be framed by Transfer-Encoding "
+                             "(RFC 9112 §6.1)")
+        if lengths:
+            raise BadFraming("the request has both Transfer-Encoding and Content-Length, so "
+                             "its length is ambiguous (RFC 9112 §6.1)")
+        if codings != [b"chunked"]:
+            raise BadFraming("the only transfer coding accepted is a single chunked")
+        return Framing(None, CHUNKED)
+    if lengths:
+        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+            raise BadFraming("the request's Content-Length is not one decimal number")
+        length = int(lengths[0])
+        if max_body and length > max_body:
+            # Refused before the backend is woken for it.
+            raise BodyTooLarge(f"the request body ({length} bytes) is larger than this "
+                               f"service's limit of {max_body} bytes (limits.max_body_size)",
+                               limit=max_body)
+        return Framing(length, (b"content-length", b"%d" % length))
+    if version not in ("1.0", "1.1") and scope.get("method", "GET") not in BODYLESS:
+        return Framing(None, CHUNKED)
+    return Framing(0, None)
+
+
+def connection_dropped(headers: Headers) -> frozenset[bytes]:
+    """The hop-by-hop names, plus those the message's `Connection` header nominates."""
+    dropped = HOP_BY_HOP
+    for name, value in headers:
+        if name == b"connection":
+            dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+    return dropped
+
+
+def carries_key(name: bytes, value: bytes) -> bool:
+    """Whether this header holds a Hestia API key (in any scheme, valid or not)."""
+    return name in KEY_CARRIERS and KEY_MARK in value
+
+
+def forwarded_headers(scope: dict[str, Any], request_id: str, *, drop: frozenset[bytes],
+                      proto: bytes) -> Headers:
+    """The client's end-to-end headers but those in `drop`, then `X-Forwarded-For/-Proto/-Host`
+    and `X-Request-ID`. `Host` is left out: it depends on where the backend runs."""
+    headers: Headers = scope["headers"]
+    dropped = connection_dropped(headers) | drop | OWN
+    keep_keys = bool(scope.get("hestia.forward_key"))
+    out: Headers = []
+    host = forwarded_for = None
+    for name, value in headers:
+        if name in dropped:
+            if name == b"host":
+                host = value
+            elif name == b"x-forwarded-for":
+                forwarded_for = value
+        elif b"_" in name and name.replace(b"_", b"-") in dropped | FRAMING:
+            continue
+        elif keep_keys or not carries_key(name, value):
+            out.append((name, value))
+    client = scope.get("client")
+    if client:
+        ip = client[0].encode()
+        out.append((b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip))
+    out.append((b"x-forwarded-proto", proto))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"x-request-id", request_id.encode()))
+    return out
+
+
+def response_headers(headers: Headers, request_id: str) -> Headers:
+    """The upstream's end-to-end response headers, with Hestia's request id."""
+    # The client sees the request id Hestia logged, whatever the upstream says.
+    dropped = connection_dropped(headers) | {b"x-request-id"}
+    event_stream = accel = False
+    for name, value in headers:
+        if name == b"content-type":
+            event_stream = value[:17].lower() == b"text/event-stream"
+        elif name == b"x-accel-buffering":
+            accel = True
+    out = [(name, value) for name, value in headers if name not in dropped]
+    out.append((b"x-request-id", request_id.encode()))
+    if event_stream and not accel:
+        # A reverse proxy in front of Hestia (nginx) must not hold back events either.
+        out.append((b"x-accel-buffering", b"no"))
+    return out
