@@ -276,10 +276,12 @@ async def test_a_request_without_a_body_goes_with_no_framing_headers(gateway):
 
 # --- property: whatever the client's framing, at most one request reaches the upstream -----
 
-_TE_VALUES = [b"chunked", b"chunked", b"chunked", b"Chunked", b" chunked", b"chunked ", b"gzip, chunked", b"identity",
-              b"chunked, identity", b"\tchunked", b"xchunked", b"chunked;q=1"]
-_CL_VALUES = [b"1", b"1", b"1", b"0", b"1", b"5", b"10", b"5, 5", b"1, 2", b"+1", b"-1", b"0x5", b" 3 ", b"",
-              b"99999"]
+# Repeated values are drawn more often: the reported smuggle's shape, and its variants around it.
+_TE_VALUES = [b"chunked", b"chunked", b"chunked", b"Chunked", b" chunked", b"chunked ",
+              b"gzip, chunked", b"identity", b"chunked, identity", b"\tchunked", b"xchunked",
+              b"chunked;q=1"]
+_CL_VALUES = [b"1", b"1", b"1", b"0", b"1", b"5", b"10", b"5, 5", b"1, 2", b"+1", b"-1",
+              b"0x5", b" 3 ", b"", b"99999"]
 _NAMES = {b"te": [b"Transfer-Encoding", b"transfer-encoding", b"TRANSFER-ENCODING",
                   b"Transfer_Encoding"],
           b"cl": [b"Content-Length", b"content-length", b"Content_Length"]}
