@@ -6,29 +6,42 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 from importlib.metadata import version
+from pathlib import Path
 
 import httpx
 import trio
 
-from .config import Config, load_config, parse_config
+from .config import (
+    BACKEND_SEPARATOR,
+    Config,
+    RouteConfig,
+    StrategyCheck,
+    load_config,
+    parse_config,
+    upstream_warnings,
+)
 from .defaults import DEMO_CONFIG
 from .errors import ConfigError
 from .gateway import CLI_KEY_FILE, DB_NAME, run
 from .http.auth import SCOPES, hash_key, new_key
 from .observability import configure_logging
-from .routing.router import check_strategies, load_registry
+from .routing.router import load_registry
+from .routing.strategy import StrategyError
 from .semaphore.hub import SemaphoreHub
 from .store import Store, StoreError
 
 __all__ = ["main"]
 
 
-def _load(path: str | None) -> tuple[Config, str]:
+def _load(path: str | None,
+          check_strategies: StrategyCheck | None = None) -> tuple[Config, str]:
     path = path or os.environ.get("HESTIA_CONFIG")
     if path:
-        return load_config(path), path
-    return parse_config(DEMO_CONFIG, source="built-in demo configuration"), "built-in demo"
+        return load_config(path, check_strategies=check_strategies), path
+    return parse_config(DEMO_CONFIG, source="built-in demo configuration",
+                        check_strategies=check_strategies), "built-in demo"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -62,8 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config, source = _load(args.config)
-    check_strategies(config, load_registry(config.strategies_dir))
+    config, source = _load(args.config, _strategy_errors)
     note = ""
     if config.semaphore is not None and config.semaphore_launchers():
         errors, unreachable = trio.run(_check_semaphore, config)
@@ -73,7 +85,27 @@ def _check(args: argparse.Namespace) -> int:
                 f"; template names NOT checked: {unreachable}")
     names = ", ".join(config.services) or "none"
     print(f"{source}: ok ({len(config.services)} service(s): {names}){note}")
+    for path, warning in upstream_warnings(config):
+        print(f"  warning: {path}: {warning}")
     return 0
+
+
+def _strategy_errors(directory: Path,
+                     routes: Mapping[str, RouteConfig]) -> list[tuple[str, str]]:
+    """Each strategy made once, as the gateway will, with the plugins in `directory`."""
+    try:
+        registry = load_registry(directory)
+    except ConfigError as exc:
+        return exc.errors
+    errors = []
+    for service, route in routes.items():
+        if len(route.backends) > 1:
+            try:
+                registry.create(route.strategy.name, route.strategy.options,
+                                [b.partition(BACKEND_SEPARATOR)[2] for b in route.backends])
+            except StrategyError as exc:
+                errors.append((f"services.{service}.strategy", str(exc)))
+    return errors
 
 
 async def _check_semaphore(config: Config) -> tuple[list[tuple[str, str]], str | None]:
@@ -185,6 +217,14 @@ def _start_or_stop(args: argparse.Namespace) -> int:
     return 1
 
 
+def _one_line(error: ConfigError) -> str:
+    """A single error reads on one line (`file: path: message`); several are listed."""
+    if len(error.errors) != 1:
+        return str(error)
+    path, message = error.errors[0]
+    return f"{error.source}: {path}: {message}" if path else f"{error.source}: {message}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hestia", description="A personal on-demand service gateway.")
@@ -227,10 +267,17 @@ def main(argv: list[str] | None = None) -> None:
         command.set_defaults(handler=_start_or_stop, action=action)
 
     args = parser.parse_args(argv)
+    if args.handler is not _serve:
+        # Results go to stdout, logs (a strategy plugin loaded, a migration) to stderr; `serve`
+        # sets up its own from the configuration.
+        configure_logging()
     try:
         status = args.handler(args)
     except ConfigError as exc:
-        print(f"hestia: invalid configuration {exc}", file=sys.stderr)
+        print(f"hestia: invalid configuration {_one_line(exc)}", file=sys.stderr)
+        status = 1
+    except StoreError as exc:
+        print(f"hestia: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
         status = 130

@@ -2,25 +2,29 @@
 
 Loading runs in this order, and every step reports *all* its problems with their paths:
 
-1. YAML is parsed (a syntax error names its line and column).
+1. The file is read as UTF-8 and parsed as YAML. These stop at their one error: a byte that
+   is not UTF-8 (its offset), a syntax error (line and column), a key given twice in one
+   mapping (both lines).
 2. `${VAR}` and `${VAR:-default}` are interpolated in every string value (never in keys).
 3. `<SERVICE>_<FIELD>` environment variables override fields of services the file declares
    (`OLLAMA_IDLE_TIMEOUT=10m`, `OLLAMA_QUEUE_MAX=5`); they never invent a service.
 4. The models validate the result (`extra="forbid"`, so a typo such as `idel_timeout` is an
-   error naming its path).
+   error naming its path, the valid keys and the closest one), and, in the same run, what
+   refers across models (ids, machines, groups, Semaphore; `config_data.reference_errors`)
+   and, for `hestia check`, every routing strategy.
+
+The steps on the data live in config_data.py.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ByteSize,
@@ -31,6 +35,22 @@ from pydantic import (
     model_validator,
 )
 
+from .config_data import (
+    BACKEND_SEPARATOR,
+    SERVICE_ID,
+    SERVICE_ONLY,
+    backend_path,
+    expand_backends,
+    format_loc,
+    interpolate,
+    machine_launchers,
+    read_yaml,
+    reference_errors,
+    semaphore_env,
+    submodel,
+    unknown_key,
+    upstream_warnings,
+)
 from .errors import ConfigError
 from .launch_config import (
     AuthConfig,
@@ -72,15 +92,20 @@ __all__ = [
     "SemaphoreLauncherConfig",
     "ServiceConfig",
     "StartupConfig",
+    "StrategyCheck",
     "StrategyConfig",
     "TimeoutsConfig",
     "WolLauncherConfig",
     "load_config",
     "parse_config",
     "parse_duration",
+    "read_config",
+    "upstream_warnings",
 ]
 
-_SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SERVICE_ID = SERVICE_ID
+_backend_path = backend_path
+_submodel = submodel
 
 
 class ReadinessConfig(_Model):
@@ -110,9 +135,14 @@ class ReadinessConfig(_Model):
             given.append("tcp")
         if len(given) > 1:
             raise ValueError(f"give at most one of http, tcp, delay (got {', '.join(given)})")
-        if self.http is not None and not self.http.startswith("/"):
-            raise ValueError("http must be a path starting with /")
         return self
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("http must be a path starting with /")
+        return value
 
     @property
     def kind(self) -> Literal["http", "tcp", "delay"]:
@@ -207,7 +237,9 @@ class HealthConfig(_Model):
 
 class _HasUpstream(_Model):
     upstream: Upstream
-    """Base URL of the running service, `http://host:port` (https works too)."""
+    """Base URL of the running service, `http://host:port` (https works too). When it is on
+    this machine, a `process` or `container` (with `image`) start first checks that nothing
+    else listens on its port (`port_in_use`)."""
 
     @property
     def upstream_host(self) -> str:
@@ -310,6 +342,10 @@ class ServiceConfig(_HasUpstream):
     on_restart: Literal["stop", "adopt"] = "stop"
     """What to do at start with a backend process a previous Hestia launched and left behind
     (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
+    shared_upstream: bool = False
+    """This service's upstream address (host and port) is another service's too, on purpose
+    (several services in front of one server): without it on each of them, `hestia check`
+    and the gateway warn. Only one of them can launch the server there."""
 
 
 class Config(_Model):
@@ -340,30 +376,6 @@ class Config(_Model):
     """Where routing strategy plugins are loaded from (`*.py`; relative to the working
     directory; a missing directory loads nothing)."""
 
-    @model_validator(mode="after")
-    def _known_machines(self) -> Config:
-        known = {"local", *self.machines}
-        unknown = [
-            f"services.{sid}.{where}: unknown machine {machine!r} (declare it under machines)"
-            for sid, service in self.services.items()
-            for where, machine in [("machine", service.machine)] + [
-                (f"fallbacks[{i}].machine", f.machine) for i, f in enumerate(service.fallbacks)]
-            if machine not in known]
-        unknown += [f"services.{sid}.group: unknown group {service.group!r} (declare it under "
-                    "groups)" for sid, service in self.services.items()
-                    if service.group is not None and service.group not in self.groups]
-        launchers = self.semaphore_launchers()
-        if launchers and self.semaphore is None:
-            unknown.append(f"semaphore: required by {launchers[0][0]} (give semaphore.url and "
-                           "a token, or set SEMAPHORE_BASE_URL and SEMAPHORE_API_TOKEN)")
-        unknown += [f"{path}.project: no project (give it here or as semaphore.project)"
-                    for path, launcher in launchers
-                    if launcher.project is None and self.semaphore is not None
-                    and self.semaphore.project is None]
-        if unknown:
-            raise ValueError("; ".join(unknown))
-        return self
-
     def semaphore_launchers(self) -> list[tuple[str, SemaphoreLauncherConfig]]:
         """Every `semaphore` launcher with its path, machines first (a service that inherits
         its machine's launcher is listed too)."""
@@ -378,7 +390,7 @@ class Config(_Model):
 
     def project_of(self, launcher: SemaphoreLauncherConfig) -> int:
         project = launcher.project or (self.semaphore.project if self.semaphore else None)
-        assert project is not None  # validated above
+        assert project is not None  # checked at load (config_checks.reference_errors)
         return project
 
     @field_validator("data_dir")
@@ -394,46 +406,8 @@ class Config(_Model):
             raise ValueError("listen must be host:port, e.g. 127.0.0.1:8080")
         return value
 
-    @field_validator("services")
-    @classmethod
-    def _ids(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
-        bad = [k for k in value if not all(_SERVICE_ID.match(part) for part in
-                                           k.split(BACKEND_SEPARATOR, 1))]
-        if bad:
-            raise ValueError(f"invalid service id(s) {bad}: use letters, digits, '_', '.', '-'")
-        return value
-
 
 # --- loading --------------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def _interpolate(node: Any, env: Mapping[str, str], path: str,
-                 errors: list[tuple[str, str]]) -> Any:
-    if isinstance(node, dict):
-        return {k: _interpolate(v, env, _join(path, k), errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
-
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = env.get(name)
-        if value is not None and (value != "" or default is None):
-            return value
-        if default is not None:
-            return default  # as in the shell, `:-` also replaces an empty value
-        errors.append((path, f"environment variable {name} is not set (use ${{{name}:-default}})"))
-        return ""
-
-    return _VAR.sub(replace, node)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     """Apply `<SERVICE>_<FIELD>` variables to the services `raw` declares, in place."""
@@ -461,104 +435,6 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             break
 
 
-_SEMAPHORE_ENV = {"url": "SEMAPHORE_BASE_URL", "token": "SEMAPHORE_API_TOKEN",
-                  "username": "SEMAPHORE_USERNAME", "password": "SEMAPHORE_PASSWORD"}
-
-
-def _semaphore_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Fill `semaphore`'s connection fields from `SEMAPHORE_*` variables the file does not set:
-    only when the file has a `semaphore` block or a `semaphore` launcher, so that variables
-    meant for other tools never make an unrelated configuration invalid."""
-    block = raw.get("semaphore")
-    if block is None and not _has_key(raw.get("machines"), "semaphore") and \
-            not _has_key(raw.get("services"), "semaphore"):
-        return raw
-    if block is not None and not isinstance(block, dict):
-        return raw  # the model reports it
-    block = dict(block or {})
-    for field_name, variable in _SEMAPHORE_ENV.items():
-        if block.get(field_name) is None and env.get(variable):
-            block[field_name] = env[variable]
-    if not block:
-        return raw
-    return {**raw, "semaphore": block}
-
-
-BACKEND_SEPARATOR = "@"
-_BACKEND_ID = re.compile(r"services\.([A-Za-z0-9][A-Za-z0-9_.-]*)@([A-Za-z0-9][A-Za-z0-9_.-]*)")
-_SERVICE_ONLY = ("backends", "strategy")
-
-
-def _backend_path(text: str) -> str:
-    """`services.llm@llama.upstream` → `services.llm.backends.llama.upstream`: errors name
-    the place in the file, not the id the expansion made."""
-    return _BACKEND_ID.sub(r"services.\1.backends.\2", text)
-
-
-def _expand_backends(data: dict[str, Any], errors: list[tuple[str, str]]) -> None:
-    """Turn each service with `backends` into one entry per backend, `<service>@<backend>`, the
-    service's own fields being the defaults of each; record every service's route."""
-    if "routes" in data:
-        errors.append(("routes", "computed from services; not a configuration key"))
-        del data["routes"]
-    services = data.get("services")
-    if not isinstance(services, dict):
-        return
-    expanded: dict[str, Any] = {}
-    routes: dict[str, Any] = {}
-    for sid, service in services.items():
-        if not isinstance(service, dict) or "backends" not in service:
-            if isinstance(service, dict) and "strategy" in service:
-                errors.append((f"services.{sid}.strategy", "a strategy needs `backends`"))
-                service = {k: v for k, v in service.items() if k != "strategy"}
-            expanded[sid] = service
-            routes[str(sid)] = {"backends": [str(sid)]}
-            continue
-        backends = service["backends"]
-        if not isinstance(backends, dict) or not backends:
-            errors.append((f"services.{sid}.backends",
-                           "give one or more backends: {name: {upstream, launcher, …}}"))
-            continue
-        defaults = {k: v for k, v in service.items() if k not in _SERVICE_ONLY}
-        ids = []
-        for name, backend in backends.items():
-            if not isinstance(backend, dict) or not _SERVICE_ID.match(str(name)):
-                errors.append((f"services.{sid}.backends.{name}", "a backend is a mapping, "
-                               "named with letters, digits, '_', '.', '-'"))
-                continue
-            ids.append(f"{sid}{BACKEND_SEPARATOR}{name}")
-            expanded[ids[-1]] = {**copy.deepcopy(defaults), **backend}
-        routes[str(sid)] = {"backends": ids, "strategy": service.get("strategy") or {}}
-    data["services"] = expanded
-    data["routes"] = routes
-
-
-def _has_key(node: Any, key: str) -> bool:
-    if isinstance(node, dict):
-        return key in node or any(_has_key(v, key) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_key(v, key) for v in node)
-    return False
-
-
-def _machine_launchers(data: dict[str, Any]) -> None:
-    """A service or fallback without `launcher` on a machine with `semaphore` uses that."""
-    machines = data.get("machines")
-    services = data.get("services")
-    if not isinstance(machines, dict) or not isinstance(services, dict):
-        return
-    shared = {mid: m["semaphore"] for mid, m in machines.items()
-              if isinstance(m, dict) and m.get("semaphore") is not None}
-    for service in services.values():
-        if not isinstance(service, dict):
-            continue
-        fallbacks = service.get("fallbacks")
-        for node in [service, *(fallbacks if isinstance(fallbacks, list) else [])]:
-            if isinstance(node, dict) and "launcher" not in node and \
-                    node.get("machine", "local") in shared:
-                node["launcher"] = {"semaphore": shared[node["machine"]]}
-
-
 def _field_path(model: type[BaseModel], rest: str) -> list[str] | None:
     """Match `queue_max` against the model's fields: `['queue', 'max']`, or None."""
     for field_name in sorted(model.model_fields, key=len, reverse=True):
@@ -574,64 +450,77 @@ def _field_path(model: type[BaseModel], rest: str) -> list[str] | None:
     return None
 
 
-def _submodel(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
+StrategyCheck = Callable[[Path, Mapping[str, RouteConfig]], list[tuple[str, str]]]
+"""Makes each route's strategy from the plugins in a `strategies_dir`; returns the errors."""
 
 
 def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
-                 source: str = "configuration") -> Config:
-    """Validate already-parsed YAML data. Raises `ConfigError` listing every problem."""
+                 source: str = "configuration",
+                 check_strategies: StrategyCheck | None = None) -> Config:
+    """Validate already-parsed YAML data. Raises `ConfigError` listing every problem: those
+    of each model, the references between them (`config_checks.reference_errors`) and, with
+    `check_strategies` (`hestia check`), each route's strategy, whether or not the rest is
+    valid."""
     env = os.environ if env is None else env
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([("", "the configuration must be a mapping")], source)
     errors: list[tuple[str, str]] = []
-    data = _semaphore_env(raw, env)
-    data = _interpolate(data, env, "", errors)
+    data = semaphore_env(raw, env)
+    data = interpolate(data, env, "", errors)
     _env_overrides(data, env)
-    _expand_backends(data, errors)
-    _machine_launchers(data)
+    expand_backends(data, errors)
+    machine_launchers(data)
+    errors += reference_errors(data)
+    if check_strategies is not None:
+        errors += _strategy_errors(data, check_strategies)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
-            message = err["msg"].removeprefix("Value error, ")
-            errors.append((_backend_path(_format_loc(loc)), _backend_path(message)))
+        errors += [_model_error(err) for err in exc.errors()]
         raise ConfigError(errors, source) from None
     if errors:
         raise ConfigError(errors, source)
     return config
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+def _model_error(err: Any) -> tuple[str, str]:
+    # Tagged-union steps (`function-after[...]`) are pydantic's, not places in the file.
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    if err["type"] == "extra_forbidden":
+        plain_service = len(loc) == 3 and loc[0] == "services" and \
+            BACKEND_SEPARATOR not in str(loc[1])
+        message = unknown_key(Config, loc, {"ServiceConfig": SERVICE_ONLY} if plain_service
+                              else {})
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    return _backend_path(format_loc(loc)), _backend_path(message)
+
+
+def _strategy_errors(data: dict[str, Any], check: StrategyCheck) -> list[tuple[str, str]]:
+    """Each route whose own part is valid, checked by `check`. A route or `strategies_dir`
+    that is itself invalid is skipped: the models report it."""
+    directory = data.get("strategies_dir", Config.model_fields["strategies_dir"].default)
+    if not isinstance(directory, str | Path):
+        return []
+    routes: dict[str, RouteConfig] = {}
+    for sid, route in (data.get("routes") or {}).items():
+        try:
+            routes[sid] = RouteConfig.model_validate(route)
+        except ValidationError:
+            continue
+    return check(Path(directory), routes)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                check_strategies: StrategyCheck | None = None) -> Config:
     """Read and validate a YAML configuration file. Raises `ConfigError`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([("", f"cannot read: {exc.strerror or exc}")], source) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([("", f"invalid YAML: {where}{problem}")], source) from None
-    return parse_config(raw, env=env, source=source)
+    return parse_config(read_config(path), env=env, source=str(path),
+                        check_strategies=check_strategies)
+
+
+def read_config(path: str | os.PathLike[str]) -> Any:
+    """The YAML data of a configuration file, not yet validated. Raises `ConfigError` with
+    one error when it cannot be read, is not UTF-8, is not YAML, or has a key twice."""
+    return read_yaml(path, str(path))

@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import signal
+import sqlite3
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -40,7 +41,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .config import BACKEND_SEPARATOR, Config
+from .config import BACKEND_SEPARATOR, Config, upstream_warnings
 from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
@@ -56,10 +57,11 @@ from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier
+from .private_files import data_dir_warning, private_dir
 from .routing.router import Route, build_routes, load_registry
 from .routing.strategy import Registry
 from .semaphore.hub import SemaphoreHub
-from .store import Store
+from .store import Store, StoreError, open_error
 
 __all__ = ["Gateway", "build_supervisors", "run"]
 
@@ -156,6 +158,8 @@ def _is_loopback(listen: str) -> bool:
 async def run(config: Config, *, handle_signals: bool = True,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
+    for path, warning in upstream_warnings(config):
+        log.warning("upstream_shared", path=path, detail=warning)
     if not _is_loopback(config.listen):
         if not config.auth.enabled:
             log.warning("listening_beyond_loopback", listen=config.listen,
@@ -192,9 +196,13 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
     supervisors = build_supervisors(config, machines, semaphore, events)
     registry = load_registry(config.strategies_dir)
     routes = build_routes(config, supervisors, registry)
+    _prepare_data_dir(config)
     store = Store(config.data_dir / DB_NAME)
     try:
-        _restore(store, supervisors, machines, semaphore)
+        try:
+            _restore(store, supervisors, machines, semaphore)
+        except sqlite3.DatabaseError as exc:  # a damaged page the opening did not touch
+            raise open_error(store.path, exc) from exc
         if config.auth.enabled:
             _write_cli_key(store, config)
         await _serve_all(config, events, store, machines, supervisors, routes, registry,
@@ -248,6 +256,23 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
                 task_status.started(Gateway(urls, supervisors, shutdown, events))
         _save(store, supervisors)
         root.cancel_scope.cancel()
+
+
+def _prepare_data_dir(config: Config) -> None:
+    """The data directory and Hestia's directories in it, private (private_files.py); an
+    existing data directory keeps its mode, with a warning when others can list it. Raises
+    `StoreError` when they cannot be made (not `OSError`: that would read as the listen
+    address's problem)."""
+    try:
+        private_dir(config.data_dir, tighten_existing=False)
+        for name in ("logs", "run"):
+            private_dir(config.data_dir / name)
+    except OSError as exc:
+        raise StoreError(f"cannot make the data directory {config.data_dir}: "
+                         f"{exc.strerror or exc}") from exc
+    warning = data_dir_warning(config.data_dir)
+    if warning is not None:
+        log.warning("data_dir_not_private", path=str(config.data_dir), detail=warning)
 
 
 def _restore(store: Store, supervisors: dict[str, Supervisor], machines: Machines,

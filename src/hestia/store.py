@@ -44,8 +44,9 @@ import trio
 from sqlite_utils import Database
 
 from .events import Event
+from .private_files import FILE_MODE, open_private, private_dir, tighten
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SCOPES", "Store", "StoreError"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SCOPES", "Store", "StoreError", "open_error"]
 
 log = structlog.get_logger("hestia.store")
 
@@ -71,8 +72,26 @@ KEY_COLUMNS = "name, prefix, scope, created_at, last_used_at, revoked_at"
 
 
 class StoreError(Exception):
-    """The database cannot be opened (unreadable, or from a newer Hestia), or an API key
-    cannot be added or revoked as asked."""
+    """The database cannot be opened (unreadable, damaged, or from a newer Hestia), or an API
+    key cannot be added or revoked as asked."""
+
+
+# SQLite's primary result codes for a file that is not a database, or one that is damaged.
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def open_error(path: Path, exc: BaseException) -> StoreError:
+    """The `StoreError` for a database that cannot be used. A damaged one is a dead end for
+    the person reading it, unless the message says how out and what it costs (one line)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _DAMAGED:
+        return StoreError(f"cannot open the database {path}: {exc}")
+    return StoreError(
+        f"the database {path} is damaged ({exc}); Hestia cannot use it. Move it aside with "
+        f"its -wal and -shm files (`mv {path} {path}.damaged`) and start again: a new, empty "
+        "one is made, which loses the API keys (make new ones with `hestia keys create`) and "
+        "the history (last use, start durations, activity, Semaphore tasks); the "
+        "configuration and the services are not affected")
 
 
 def _v1(db: Database) -> None:
@@ -117,6 +136,14 @@ def _v1(db: Database) -> None:
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _create_private(path: Path) -> None:
+    """The database file and its directory, private whatever the umask (private_files.py).
+    SQLite gives the -wal and -shm files it makes the database file's mode."""
+    private_dir(path.parent, tighten_existing=False)
+    with open_private(path, "ab"):
+        pass
 
 
 def _connect(path: Path) -> Database:
@@ -167,10 +194,10 @@ class Store:
         self._writer_running = False
         self._closed = False
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self._path)
             self._db = _connect(self._path)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the database {self._path}: {exc}") from exc
+            raise open_error(self._path, exc) from exc
         try:
             self._db.enable_wal()
             self._migrate(self._db)
@@ -178,8 +205,10 @@ class Store:
         except BaseException as exc:
             self._db.close()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open the database {self._path}: {exc}") from exc
+                raise open_error(self._path, exc) from exc
             raise
+        for suffix in ("-wal", "-shm"):  # made by an older Hestia, with the umask's mode
+            tighten(self._path.with_name(self._path.name + suffix), FILE_MODE)
 
     def __repr__(self) -> str:
         running = " running" if self._writer_running else ""

@@ -156,7 +156,8 @@ def test_the_public_surface_is_sorted_and_complete():
     public = {name for name in vars(hestia) if not name.startswith("_")}
     modules = {"config", "errors", "gateway", "lifecycle", "http", "launchers",
                "observability", "defaults", "cli", "demo", "launch_config", "semaphore",
-               "events", "metrics", "notify", "store", "routing"}
+               "events", "metrics", "notify", "store", "routing", "config_data",
+               "private_files"}
     assert public - modules == set(hestia.__all__)
 
 

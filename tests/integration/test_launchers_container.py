@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -188,6 +189,33 @@ async def test_an_existing_container_is_started_detached_and_wait_never_returns(
     assert fake_cli.calls() == [["podman", "start", "web"], ["podman", "stop", "-t", "10", "web"]]
     assert process_gone(pid)
     assert fake_cli.container("web")["running"] is False  # stopped, not removed
+
+
+async def test_no_container_is_run_where_another_program_already_listens(tmp_path, fake_cli):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        web = launcher(tmp_path, name="web", image="web:latest", args=[*APP, "--port", str(port)])
+        with trio.fail_after(20), pytest.raises(StartFailed) as caught:
+            await web.start(context(port))
+    assert caught.value.extra == {"reason": "port_in_use", "port": port, "pid": os.getpid()}
+    assert fake_cli.calls() == [["podman", "rm", "-f", "web"]]
+
+
+async def test_a_leftover_of_the_same_name_on_the_port_is_replaced_not_refused(
+        tmp_path, fake_cli):
+    port = free_port()
+    create_container(fake_cli.state, "web", [*APP, "--port", str(port)])
+    web = launcher(tmp_path, name="web", image="web:latest", args=[*APP, "--port", str(port)],
+                   stop_timeout="2s")
+    with trio.fail_after(20):
+        await trio.run_process(["podman", "start", "web"], capture_stdout=True)
+        await ready(port)  # the leftover holds the port until `rm -f` removes it
+        running = await web.start(context(port))
+        await ready(port)
+        await running.stop()
+    assert [call[1] for call in fake_cli.calls()] == ["start", "rm", "run", "stop"]
 
 
 async def test_starting_a_missing_container_fails_with_the_cli_status_and_output(

@@ -139,3 +139,26 @@ async def test_the_cli_finds_the_running_gateway_and_uses_its_key(tmp_path):
             assert again.returncode == 1 and "already READY" in again.stderr
             stopped = await run_cli(config, "stop", "up")
             assert (stopped.returncode, stopped.stdout.strip()) == (0, "up: STOPPING")
+
+
+def test_a_damaged_database_stops_the_gateway_with_one_line_saying_what_to_do(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage = bytes(range(256)) * 64
+    (data / "hestia.db").write_bytes(garbage)
+    config = tmp_path / "hestia.yml"
+    config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "data_dir": str(data),
+                                      "services": {"up": upstream_service()}}))
+    db = data / "hestia.db"
+    line = (f"hestia: the database {db} is damaged (file is not a database); Hestia cannot use "
+            f"it. Move it aside with its -wal and -shm files (`mv {db} {db}.damaged`) and start "
+            "again: a new, empty one is made, which loses the API keys (make new ones with "
+            "`hestia keys create`) and the history (last use, start durations, activity, "
+            "Semaphore tasks); the configuration and the services are not affected\n")
+    for args in (["serve"], ["keys", "list"], ["keys", "create", "k"]):
+        result = hestia(config, *args)
+        assert (result.returncode, result.stdout) == (1, ""), args
+        assert result.stderr.endswith(line), args
+        assert "Traceback" not in result.stderr
+        assert [e for e in result.stderr.splitlines() if not e.startswith("{")] == [line[:-1]]
+    assert db.read_bytes() == garbage  # nothing was lost on the way

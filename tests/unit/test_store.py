@@ -69,10 +69,23 @@ def test_database_from_a_newer_hestia_is_refused(path: Path) -> None:
         Store(path)
 
 
-def test_a_file_that_is_not_a_database_is_a_store_error(path: Path) -> None:
+def test_a_damaged_database_says_what_to_do_and_what_it_costs(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a database at all, " * 100)
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError) as caught:
+        Store(path)
+    assert str(caught.value) == (
+        f"the database {path} is damaged (file is not a database); Hestia cannot use it. Move "
+        f"it aside with its -wal and -shm files (`mv {path} {path}.damaged`) and start again: "
+        "a new, empty one is made, which loses the API keys (make new ones with `hestia keys "
+        "create`) and the history (last use, start durations, activity, Semaphore tasks); the "
+        "configuration and the services are not affected")
+    assert path.read_bytes() == b"not a database at all, " * 100  # nothing was written to it
+
+
+def test_an_unreadable_database_is_not_called_damaged(path: Path) -> None:
+    path.mkdir(parents=True)  # a directory where the file should be
+    with pytest.raises(StoreError, match=f"^cannot open the database {path}: "):
         Store(path)
 
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import trio
 
-__all__ = ["LaunchContext", "Launcher", "Running", "StopOnce"]
+__all__ = ["LaunchContext", "Launcher", "Running", "StopOnce", "upstream_host"]
+
+
+def upstream_host(upstream: str) -> str:
+    """The host of an upstream URL (without the brackets of an IPv6 address)."""
+    return urlsplit(upstream).hostname or ""
 
 
 @dataclass(frozen=True, slots=True)

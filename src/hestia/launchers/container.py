@@ -24,7 +24,8 @@ import trio
 
 from ..config import ContainerLauncherConfig
 from ..errors import StartFailed
-from .base import LaunchContext, StopOnce
+from .base import LaunchContext, StopOnce, upstream_host
+from .ports import check_port
 from .process import (
     ProcessRunning,
     describe_exit,
@@ -136,8 +137,11 @@ class ContainerLauncher:
         return f"<ContainerLauncher {self.config.runtime} {self.config.name} {what}>"
 
     async def start(self, context: LaunchContext) -> ContainerRunning:
-        """Raises `StartFailed` when the runtime is not on PATH or cannot be run, and (without
-        `image`) when `RUNTIME start` fails, with its exit status and log tail."""
+        """Raises `StartFailed` when the runtime is not on PATH or cannot be run, (without
+        `image`) when `RUNTIME start` fails, with its exit status and log tail, and (with
+        `image`) when something else listens on the upstream's port (`port_in_use`). Without
+        `image` the port is not checked: the existing container, already running, may well be
+        what holds it, and `RUNTIME start` of a running container changes nothing."""
         config = self.config
         # Looked up at each start, so installing podman needs no restart of Hestia.
         runtime = shutil.which(config.runtime)
@@ -158,6 +162,8 @@ class ContainerLauncher:
         # Whether a leftover existed or not, `run` says what matters next.
         await cli.call("rm", "-f", config.name, action="start",
                        timeout=config.stop_timeout + _CLI_GRACE)
+        # Only now: a leftover container of this name, just removed, held the port rightly.
+        await check_port(context.service, upstream_host(context.upstream), context.port)
         argv = ["run", "--rm", "--name", config.name, *config.run_args, config.image,
                 *config.args]
         run = await spawn([runtime, *argv], service=context.service, log_path=self.log_path,

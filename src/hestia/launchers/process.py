@@ -30,7 +30,9 @@ from pydantic import BaseModel
 from ..config import ProcessLauncherConfig
 from ..errors import StartFailed
 from ..lifecycle.registry import Record, RecordSlot, fingerprint, forget, record_spawned
-from .base import LaunchContext
+from ..private_files import open_private, private_dir
+from .base import LaunchContext, upstream_host
+from .ports import check_port
 
 __all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "record_slot",
            "rotate_log", "run_bounded", "spawn"]
@@ -41,10 +43,10 @@ _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
 def rotate_log(path: Path) -> None:
-    """Make sure `path` can be written; move it to `.log.1` once it passes 10 MiB. Call it once
-    per start, never between a start and its stop, or the start's log offset would point into
-    the rotated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Make sure `path`'s directory exists (private: logs may print secrets); move the log to
+    `.log.1` once it passes 10 MiB. Call it once per start, never between a start and its
+    stop, or the start's log offset would point into the rotated file."""
+    private_dir(path.parent)
     try:
         if path.stat().st_size > _LOG_ROTATE_BYTES:
             path.replace(path.with_suffix(".log.1"))
@@ -160,8 +162,8 @@ async def spawn(command: Sequence[str], *, service: str, log_path: Path,
     Raises `StartFailed` (reason `spawn_failed`) when the program cannot be run at all.
     """
     label = " ".join(command) if label is None else label
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
+    private_dir(log_path.parent)
+    with open_private(log_path) as log_file:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         log_file.write(f"--- hestia: {action} {service} at {stamp}: {label}\n".encode())
         log_file.flush()
@@ -226,6 +228,9 @@ class ProcessLauncher:
         return f"<ProcessLauncher {self.config.command[0]!r}>"
 
     async def start(self, context: LaunchContext) -> ProcessRunning:
+        """Raises `StartFailed` when the program cannot be run, or when something else already
+        listens on the upstream's port on this machine (`port_in_use`, see ports.py)."""
+        await check_port(context.service, upstream_host(context.upstream), context.port)
         env = {**os.environ, **self.config.env, **context.environment("start")}
         rotate_log(self.log_path)
         return await spawn(self.config.command, service=context.service,

@@ -32,6 +32,7 @@ import trio
 
 from ..config import SemaphoreConfig, SemaphoreLauncherConfig
 from ..errors import StartFailed
+from ..private_files import open_private
 from ..semaphore.client import SemaphoreClient, SemaphoreError
 from ..semaphore.tasks import Automation, TaskRecord, TemplateError, Templates
 from .base import LaunchContext, StopOnce
@@ -267,7 +268,7 @@ class SemaphoreLauncher:
             lines = [f"--- hestia: task {record.task_id} ended {record.status} at "
                      f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; its output:", *lines]
         try:
-            with self.log_path.open("a", encoding="utf-8") as log_file:
+            with open_private(self.log_path, "a", encoding="utf-8") as log_file:
                 log_file.writelines(line.rstrip("\n") + "\n" for line in lines)
         except OSError:
             pass  # the log is a convenience; the task's records and output stay in Semaphore

@@ -23,6 +23,7 @@ import trio
 
 from ..config import WolLauncherConfig
 from ..errors import StartFailed
+from ..private_files import open_private, private_dir
 from .base import LaunchContext, StopOnce
 from .process import describe_exit, read_tail, run_bounded
 
@@ -128,8 +129,8 @@ class WolLauncher:
         """Send the magic packet. Raises `StartFailed` when it cannot be sent (e.g. network
         unreachable, unresolvable broadcast address)."""
         target = (self.config.broadcast, self.config.port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
+        private_dir(self.log_path.parent)
+        with open_private(self.log_path) as log_file:
             log_file.write(f"--- hestia: waking {context.service} at {_stamp()}: magic packet "
                            f"for {self.config.mac} to {target[0]}:{target[1]}\n".encode())
             offset = log_file.tell()

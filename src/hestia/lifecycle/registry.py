@@ -25,6 +25,8 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..private_files import open_private, private_dir
+
 __all__ = ["ProcStat", "Record", "RecordSlot", "boot_id", "fingerprint", "forget", "is_alive",
            "proc_stat", "read_record", "record_path", "record_spawned", "run_dir"]
 
@@ -159,9 +161,10 @@ def _write(path: Path, text: str) -> None:
     # Write then rename: a reader (the next Hestia) sees the old record or the new one, never
     # half of one. No fsync: what would lose the page cache (a power cut, a kernel crash) also
     # changes the boot id, which makes every record stale anyway.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # a record names commands, which may hold secrets
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open_private(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 

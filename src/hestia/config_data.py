@@ -1,0 +1,371 @@
+"""The steps of loading a configuration that work on its data rather than on the models.
+
+Split from `config.py` (which runs them, see its docstring) to keep it readable. Nothing here
+imports the models: each step works on the YAML data, or takes the model it needs.
+
+- `semaphore_env`, `interpolate`, `expand_backends`, `machine_launchers`: the data as the
+  models will see it.
+
+- `read_yaml`: the file's data; a file that is not UTF-8, not YAML, or has a mapping with the
+  same key twice is refused with one error naming the place (byte offset, or lines).
+- `reference_errors`: service ids, and the machines, groups and Semaphore settings services
+  refer to. They are checked on the data rather than in a validator of `Config`, because such a
+  validator runs only when everything else is valid: an invalid readiness path would hide an
+  undeclared group.
+- `unknown_key`: what to say about a key no model knows: the valid ones, and the closest.
+- `upstream_warnings`: services that share an upstream address without saying so.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_origin
+
+import yaml
+from pydantic import BaseModel
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["BACKEND_SEPARATOR", "SERVICE_ID", "SERVICE_ONLY", "backend_path", "expand_backends",
+           "format_loc", "interpolate", "machine_launchers", "read_yaml", "reference_errors",
+           "semaphore_env", "submodel", "unknown_key", "upstream_warnings"]
+
+SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+BACKEND_SEPARATOR = "@"
+_BACKEND_ID = re.compile(r"services\.([A-Za-z0-9][A-Za-z0-9_.-]*)@([A-Za-z0-9][A-Za-z0-9_.-]*)")
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def backend_path(text: str) -> str:
+    """`services.llm@llama.upstream` → `services.llm.backends.llama.upstream`: errors name
+    the place in the file, not the id the expansion made."""
+    return _BACKEND_ID.sub(r"services.\1.backends.\2", text)
+
+
+# --- the steps of loading that change the data ---------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: str,
+                 errors: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, _join(path, k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is not None and (value != "" or default is None):
+            return value
+        if default is not None:
+            return default  # as in the shell, `:-` also replaces an empty value
+        errors.append((path, f"environment variable {name} is not set (use ${{{name}:-default}})"))
+        return ""
+
+    return _VAR.sub(replace, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+_SEMAPHORE_ENV = {"url": "SEMAPHORE_BASE_URL", "token": "SEMAPHORE_API_TOKEN",
+                  "username": "SEMAPHORE_USERNAME", "password": "SEMAPHORE_PASSWORD"}
+
+
+def semaphore_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Fill `semaphore`'s connection fields from `SEMAPHORE_*` variables the file does not set:
+    only when the file has a `semaphore` block or a `semaphore` launcher, so that variables
+    meant for other tools never make an unrelated configuration invalid."""
+    block = raw.get("semaphore")
+    if block is None and not _has_key(raw.get("machines"), "semaphore") and \
+            not _has_key(raw.get("services"), "semaphore"):
+        return raw
+    if block is not None and not isinstance(block, dict):
+        return raw  # the model reports it
+    block = dict(block or {})
+    for field_name, variable in _SEMAPHORE_ENV.items():
+        if block.get(field_name) is None and env.get(variable):
+            block[field_name] = env[variable]
+    if not block:
+        return raw
+    return {**raw, "semaphore": block}
+
+
+SERVICE_ONLY = ("backends", "strategy")
+
+
+def expand_backends(data: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """Turn each service with `backends` into one entry per backend, `<service>@<backend>`, the
+    service's own fields being the defaults of each; record every service's route."""
+    if "routes" in data:
+        errors.append(("routes", "computed from services; not a configuration key"))
+        del data["routes"]
+    services = data.get("services")
+    if not isinstance(services, dict):
+        return
+    expanded: dict[str, Any] = {}
+    routes: dict[str, Any] = {}
+    for sid, service in services.items():
+        if not isinstance(service, dict) or "backends" not in service:
+            if isinstance(service, dict) and "strategy" in service:
+                errors.append((f"services.{sid}.strategy", "a strategy needs `backends`"))
+                service = {k: v for k, v in service.items() if k != "strategy"}
+            expanded[sid] = service
+            routes[str(sid)] = {"backends": [str(sid)]}
+            continue
+        backends = service["backends"]
+        if not isinstance(backends, dict) or not backends:
+            errors.append((f"services.{sid}.backends",
+                           "give one or more backends: {name: {upstream, launcher, …}}"))
+            continue
+        defaults = {k: v for k, v in service.items() if k not in SERVICE_ONLY}
+        ids = []
+        for name, backend in backends.items():
+            if not isinstance(backend, dict) or not SERVICE_ID.match(str(name)):
+                errors.append((f"services.{sid}.backends.{name}", "a backend is a mapping, "
+                               "named with letters, digits, '_', '.', '-'"))
+                continue
+            ids.append(f"{sid}{BACKEND_SEPARATOR}{name}")
+            expanded[ids[-1]] = {**copy.deepcopy(defaults), **backend}
+        routes[str(sid)] = {"backends": ids, "strategy": service.get("strategy") or {}}
+    data["services"] = expanded
+    data["routes"] = routes
+
+
+def _has_key(node: Any, key: str) -> bool:
+    if isinstance(node, dict):
+        return key in node or any(_has_key(v, key) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_key(v, key) for v in node)
+    return False
+
+
+def machine_launchers(data: dict[str, Any]) -> None:
+    """A service or fallback without `launcher` on a machine with `semaphore` uses that."""
+    machines = data.get("machines")
+    services = data.get("services")
+    if not isinstance(machines, dict) or not isinstance(services, dict):
+        return
+    shared = {mid: m["semaphore"] for mid, m in machines.items()
+              if isinstance(m, dict) and m.get("semaphore") is not None}
+    for service in services.values():
+        if not isinstance(service, dict):
+            continue
+        fallbacks = service.get("fallbacks")
+        for node in [service, *(fallbacks if isinstance(fallbacks, list) else [])]:
+            if isinstance(node, dict) and "launcher" not in node and \
+                    node.get("machine", "local") in shared:
+                node["launcher"] = {"semaphore": shared[node["machine"]]}
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping with the same key twice is an error. YAML
+    leaves it undefined and PyYAML keeps the second: the setting a reader sees first would
+    silently not be the one in force. Keys brought in by a merge (`<<: *defaults`) may be
+    overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, Any], yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault((type(key).__name__, key), key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class refuses it
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, source: str) -> Any:
+    """The data of the YAML file at `path`. Raises `ConfigError` with one error when it cannot
+    be read, is not UTF-8 (naming the byte offset), is not YAML (line and column), or holds a
+    mapping with a key twice (both lines)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read: {exc.strerror or exc}")], source) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([("", f"not UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
+                                f"{exc.start} (line {line}) cannot be decoded; save the file "
+                                "as UTF-8")], source) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"invalid YAML: {where}{problem}")], source) from None
+
+
+# --- references between parts of the file ----------------------------------------------------
+
+def reference_errors(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every invalid service id, unknown machine or group, and missing Semaphore setting, in
+    the data as the models will see it (interpolated, overridden, backends expanded). A value
+    of the wrong type is skipped here: its model reports it."""
+    errors: list[tuple[str, str]] = []
+    services = _mapping(data.get("services"))
+    bad = [k for k in services if not all(SERVICE_ID.match(part) for part in
+                                          str(k).split(BACKEND_SEPARATOR, 1))]
+    if bad:
+        errors.append(("services", f"invalid service id(s) {bad}: use letters, digits, '_', "
+                                   "'.', '-'"))
+    machines, groups = data.get("machines", {}), data.get("groups", {})
+    for sid, service in services.items():
+        if not isinstance(service, Mapping):
+            continue
+        fallbacks = service.get("fallbacks")
+        places = [("", service)] + [(f"fallbacks[{i}].", f) for i, f in enumerate(
+            fallbacks if isinstance(fallbacks, list) else []) if isinstance(f, Mapping)]
+        for where, place in places:
+            machine = place.get("machine", "local")
+            if isinstance(machines, Mapping) and isinstance(machine, str) and \
+                    machine != "local" and machine not in machines:
+                errors.append((backend_path(f"services.{sid}.{where}machine"),
+                               f"unknown machine {machine!r} (declare it under machines)"))
+        group = service.get("group")
+        if isinstance(groups, Mapping) and isinstance(group, str) and group not in groups:
+            errors.append((backend_path(f"services.{sid}.group"),
+                           f"unknown group {group!r} (declare it under groups)"))
+    return errors + _semaphore_errors(data, services)
+
+
+def _semaphore_errors(data: Mapping[str, Any],
+                      services: Mapping[str, Any]) -> list[tuple[str, str]]:
+    launchers = [(f"machines.{mid}.semaphore", m["semaphore"])
+                 for mid, m in _mapping(data.get("machines")).items()
+                 if isinstance(m, Mapping) and m.get("semaphore") is not None]
+    for sid, service in services.items():
+        if not isinstance(service, Mapping):
+            continue
+        fallbacks = service.get("fallbacks")
+        places = [("launcher", service)] + [(f"fallbacks[{i}].launcher", f) for i, f in
+                                            enumerate(fallbacks if isinstance(fallbacks, list)
+                                                      else [])]
+        for where, place in places:
+            launcher = place.get("launcher") if isinstance(place, Mapping) else None
+            if isinstance(launcher, Mapping) and launcher.get("semaphore") is not None:
+                launchers.append((backend_path(f"services.{sid}.{where}.semaphore"),
+                                  launcher["semaphore"]))
+    block = data.get("semaphore")
+    if not launchers:
+        return []
+    if block is None:
+        return [("semaphore", f"required by {launchers[0][0]} (give semaphore.url and a "
+                              "token, or set SEMAPHORE_BASE_URL and SEMAPHORE_API_TOKEN)")]
+    if not isinstance(block, Mapping) or block.get("project") is not None:
+        return []
+    return [(f"{path}.project", "no project (give it here or as semaphore.project)")
+            for path, launcher in launchers
+            if isinstance(launcher, Mapping) and launcher.get("project") is None]
+
+
+def _mapping(value: Any) -> Mapping[Any, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+
+def submodel(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation holds: `X`, `X | None`, `list[X]`, `dict[str, X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model that validates the mapping at `loc` (a pydantic error location)."""
+    model: type[BaseModel] | None = root
+    container = False  # the next item is a dict key or a list index
+    for item in loc:
+        if container:
+            container = False
+            continue
+        field = model.model_fields.get(str(item)) if model is not None else None
+        if field is None:
+            return None
+        model = submodel(field.annotation)
+        container = get_origin(field.annotation) in (dict, list)
+    return None if container else model
+
+
+def unknown_key(root: type[BaseModel], loc: tuple[Any, ...],
+                extra: Mapping[str, tuple[str, ...]]) -> str:
+    """The message for the key `loc[-1]` that the model at `loc[:-1]` does not have: the
+    closest valid key, and all of them. `extra` adds keys the loader removes before the models
+    see them (by model name), and `routes` is never offered (it is computed)."""
+    key = str(loc[-1])
+    model = _model_at(root, loc[:-1])
+    if model is None:
+        return "unknown key"
+    valid = [name for name in model.model_fields if name != "routes" or model is not root]
+    valid += extra.get(model.__name__, ())
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    what = "launcher" if model.__name__ == "LauncherConfig" else "key"
+    return f"unknown {what} {key!r}{hint}; valid: {', '.join(valid)}"
+
+
+# --- warnings -------------------------------------------------------------------------------------
+
+_SAME_HOST = {"localhost": "127.0.0.1"}
+
+
+def upstream_warnings(config: Config) -> list[tuple[str, str]]:
+    """`(path, message)` for each upstream address (host and port, primary or fallback) that
+    several services use when not all of them say `shared_upstream: true`: whatever answers
+    there serves them all, which is rarely meant (a copied block, a forgotten port)."""
+    users: dict[tuple[str, int], list[tuple[str, str, bool]]] = {}
+    for sid, service in config.services.items():
+        places = [("upstream", service)] + [(f"fallbacks[{i}].upstream", f)
+                                            for i, f in enumerate(service.fallbacks)]
+        for where, place in places:
+            host = place.upstream_host.lower()
+            found = users.setdefault((_SAME_HOST.get(host, host), place.upstream_port), [])
+            if all(other != sid for other, _, _ in found):
+                found.append((sid, backend_path(f"services.{sid}.{where}"),
+                              service.shared_upstream))
+    warnings = []
+    for (host, port), found in users.items():
+        if len(found) > 1 and not all(shared for _, _, shared in found):
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            others = ", ".join(path for _, path, _ in found[1:])
+            warnings.append((found[0][1], f"{address} is also the upstream of {others}: "
+                             "whatever answers there serves them all; if that is meant, set "
+                             "`shared_upstream: true` on each"))
+    return warnings
