@@ -26,6 +26,7 @@ from .defaults import DEMO_CONFIG
 from .errors import ConfigError
 from .gateway import CLI_KEY_FILE, DB_NAME, run
 from .http.auth import SCOPES, hash_key, new_key
+from .http.hypercorn_fixes import HypercornChanged
 from .observability import configure_logging
 from .routing.router import load_registry
 from .routing.strategy import StrategyError
@@ -68,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hestia: cannot serve on {config.listen}: {first.strerror or first}",
               file=sys.stderr)
         status = 1
-    except* StoreError as group:
+    except* (StoreError, HypercornChanged) as group:
         print(f"hestia: {group.exceptions[0]}", file=sys.stderr)
         status = 1
     return status

@@ -158,6 +158,8 @@ def _is_loopback(listen: str) -> bool:
 async def run(config: Config, *, handle_signals: bool = True,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
+    # First, before anything starts: a hypercorn whose internals changed stops the start here.
+    hypercorn_fixes.apply()
     for path, warning in upstream_warnings(config):
         log.warning("upstream_shared", path=path, detail=warning)
     if not _is_loopback(config.listen):
@@ -326,8 +328,6 @@ def _write_cli_key(store: Store, config: Config) -> None:
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
                  supervisors: list[Supervisor], events: EventBus, *,
                  task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    hypercorn_fixes.apply()
-
     async def trigger() -> None:
         await shutdown.wait()
         # Event streams never end by themselves: end them, or the graceful shutdown would
