@@ -116,3 +116,17 @@ async def test_a_body_on_a_route_that_takes_none_is_read_and_the_connection_serv
         assert status == 413
         status, _ = await connection.request("GET", "/__health")
         assert status == 200
+
+
+@pytest.mark.parametrize("target", ["/v1/requests", "/services/up/upload"])
+async def test_a_body_refused_for_its_missing_key_is_read_and_the_connection_serves_on(
+        start_gateway, target):
+    with trio.fail_after(20):
+        gateway = await start_gateway(services={"up": upstream_service()},
+                                      auth={"enabled": True})
+        connection = await connect(gateway)
+        status, body = await connection.request("POST", target, b" " * (2 * API_MAX_BODY))
+        assert (status, json.loads(body)["error"]) == (401, "unauthorized")
+        status, _ = await connection.request("GET", "/__health")
+        assert status == 200
+        assert gateway.supervisors["up"].state.name == "COLD"

@@ -36,7 +36,7 @@ import structlog
 from ..config import Config
 from ..observability import request_id_from
 from ..store import Store
-from .proxy import PREFIX
+from .proxy import PREFIX, _drain
 
 __all__ = ["SCOPES", "AuthGate", "hash_key", "new_key"]
 
@@ -81,10 +81,10 @@ class AuthGate:
         row = self._lookup(key) if key is not None else None
         if row is None:
             reason = "no API key" if key is None else "unknown or revoked API key"
-            await self._deny(scope, send, 401, "unauthorized", reason, path, None)
+            await self._deny(scope, receive, send, 401, "unauthorized", reason, path, None)
             return
         if row["scope"] != "admin" and row["scope"] != needed:
-            await self._deny(scope, send, 403, "forbidden",
+            await self._deny(scope, receive, send, 403, "forbidden",
                              f"the key {row['name']!r} has scope {row['scope']!r}; this "
                              f"needs {needed!r}", path, row["name"])
             return
@@ -128,8 +128,8 @@ class AuthGate:
             self._touched[name] = now
             self.store.touch_key(name)
 
-    async def _deny(self, scope: dict[str, Any], send: Any, status: int, error: str,
-                    detail: str, path: bytes, key_name: str | None) -> None:
+    async def _deny(self, scope: dict[str, Any], receive: Any, send: Any, status: int,
+                    error: str, detail: str, path: bytes, key_name: str | None) -> None:
         request_id = request_id_from(scope["headers"])
         client = scope.get("client")
         log.warning("auth_denied", request_id=request_id, status=status, detail=detail,
@@ -150,6 +150,9 @@ class AuthGate:
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return
+        # Read what the client is still sending first, or the answer would meet a connection
+        # the client cannot finish writing to (and the kept-alive connection would be lost).
+        await _drain(receive)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
