@@ -42,6 +42,13 @@ def test_pyproject_pins_hypercorn_to_the_versions_the_changes_were_tested_with()
 # --- each change in force -------------------------------------------------------------------
 
 
+def quiet_config() -> HypercornConfig:
+    # Hypercorn's default logs would install handlers on the process's "hypercorn.*" loggers.
+    config = HypercornConfig()
+    config.errorlog = config.accesslog = None
+    return config
+
+
 class RecordingStream:
     """A client socket that has closed: it records how much hypercorn asks to read."""
 
@@ -60,7 +67,7 @@ class NullProtocol:
 
 async def test_hypercorn_reads_a_client_socket_256_kib_at_a_time():
     stream = RecordingStream()
-    server = tcp_server.TCPServer(None, HypercornConfig(), None, None, stream)  # type: ignore[arg-type]
+    server = tcp_server.TCPServer(None, quiet_config(), None, None, stream)  # type: ignore[arg-type]
     server.protocol = NullProtocol()  # type: ignore[assignment]
     await server._read_data()
     assert stream.asked == [CLIENT_READ_SIZE] == [256 * 1024]
@@ -86,7 +93,7 @@ async def test_a_client_close_code_and_reason_reach_the_app_in_websocket_disconn
     async def send(event: Any) -> None:
         sent.append(event)
 
-    stream = ws_stream.WSStream(None, HypercornConfig(), None, app, False, None, None,  # type: ignore[arg-type]
+    stream = ws_stream.WSStream(None, quiet_config(), None, app, False, None, None,  # type: ignore[arg-type]
                                 send, 1)
     await stream.handle(Request(
         stream_id=1, http_version="1.1", method="GET", raw_path=b"/ws",
