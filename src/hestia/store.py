@@ -22,6 +22,11 @@ Reads are synchronous: small indexed queries at start-up, in the CLI and for the
 lets run while the writer writes. API keys are written synchronously too: the CLI creates them
 with no gateway running, and that is rare.
 
+The file (and the `-wal` and `-shm` SQLite makes with its mode) is 0600 in a 0700 directory
+whatever the umask (private_files.py): it holds key hashes and the history. A file that is not a
+database, or a damaged one, is refused with a `StoreError` that says how to start afresh and
+what that loses (`open_error`).
+
 Migrations: `meta.schema_version` counts the `MIGRATIONS` applied. Opening a database applies
 the missing ones in order, all in one transaction with the version bump, so a failed migration
 leaves the file as it was. To change the schema, append a function to `MIGRATIONS`. A database
