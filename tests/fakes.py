@@ -108,3 +108,16 @@ def supervisor(launcher: FakeLauncher | None = None, *, drain_timeout: float = 1
     launcher = launcher or FakeLauncher()
     return Supervisor("echo", service(**fields), launcher, FakeProbe(launcher),
                       drain_timeout=drain_timeout)
+
+
+class SlowPool:
+    """Stands in for a placement's `UpstreamPool` whose connections take `close_s` to close,
+    so that a test can act while a supervisor cleans up after its backend."""
+
+    def __init__(self, close_s: float) -> None:
+        self.close_s = close_s
+        self.cleared: list[float] = []
+
+    async def clear(self) -> None:
+        self.cleared.append(trio.current_time())
+        await trio.sleep(self.close_s)

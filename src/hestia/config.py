@@ -327,7 +327,11 @@ class ServiceConfig(_HasUpstream):
     """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
     keep_warm: bool = False
     """Start at boot, never stop for idleness (whatever `idle_timeout` says), and start again
-    after a crash or a failed start (with backoff from 1s up to 1m)."""
+    after a crash or a failed start (with the `startup` backoff after repeated failures)."""
+    max_connections: int = Field(default=32, ge=0)
+    """Requests in flight to this backend at once (default 32; 0: no cap); the others wait in
+    the hold queue, in order, within `queue.timeout`. An open WebSocket counts only until its
+    handshake is done; requests matched by `activity.ignore` never count."""
     queue: QueueConfig = QueueConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     startup: StartupConfig = StartupConfig()

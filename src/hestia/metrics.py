@@ -13,8 +13,10 @@ code, and every other label a fixed word. Never a path.
 | `hestia_upstream_first_byte_seconds` | histogram | `service` |
 | `hestia_queue_wait_seconds` | histogram | `service` (only requests that waited) |
 | `hestia_cold_start_seconds` | histogram | `service`, `machine` (from `ready` events) |
-| `hestia_queue_depth` | gauge | `service` |
+| `hestia_queue_depth` | gauge | `service` (waiting for a start, or for a connection slot) |
 | `hestia_in_flight` | gauge | `service` |
+| `hestia_connections_in_use` | gauge | `service` (leases counted against `max_connections`) |
+| `hestia_max_connections` | gauge | `service` (`max_connections`; 0: no cap) |
 | `hestia_backend_state` | gauge | `service`, `state` (1 for the current state, else 0) |
 | `hestia_starts_total` | counter | `service`, `result` (`ready`, `failed`, `cancelled`) |
 | `hestia_start_attempts_total` | counter | `service`, `machine`, `result` (`ok`, `failed`) |
@@ -23,7 +25,7 @@ code, and every other label a fixed word. Never a path.
 | `hestia_semaphore_task_duration_seconds` | histogram | `service`, `action`, `status` |
 | `hestia_routing_decisions_total` | counter | `service`, `backend`, `reason` (several backends) |
 
-The three gauges are read from the supervisors at scrape time by a custom collector, so the
+The gauges are read from the supervisors at scrape time by a custom collector, so the
 proxy's hot path does no bookkeeping for them. Counters and histograms per service exist from
 the start (at zero), so `rate()` sees a series before its first increment.
 """
@@ -82,7 +84,8 @@ def _bounded(value: Any, allowed: frozenset[str] | set[str]) -> str:
 
 
 class _SupervisorGauges(Collector):
-    """Queue depth, in-flight requests and state, read from the supervisors when scraped."""
+    """Queue depth, in-flight requests, connection slots and state, read from the supervisors
+    when scraped."""
 
     def __init__(self, supervisors: Mapping[str, Supervisor]) -> None:
         self._supervisors = supervisors
@@ -91,20 +94,28 @@ class _SupervisorGauges(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        depth, in_flight, state = self._families()
+        families = self._families()
+        depth, in_flight, in_use, cap, state = families
         for name, sup in self._supervisors.items():
             depth.add_metric([name], sup.queue_pending)
             in_flight.add_metric([name], sup.in_flight)
+            in_use.add_metric([name], sup.connections_in_use)
+            cap.add_metric([name], sup.config.max_connections)
             for member in State:
                 state.add_metric([name, member.name], 1.0 if sup.state is member else 0.0)
-        return iter((depth, in_flight, state))
+        return iter(families)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, ...]:
         return (
-            GaugeMetricFamily("hestia_queue_depth", "Requests waiting in the hold queue.",
-                              labels=["service"]),
+            GaugeMetricFamily("hestia_queue_depth", "Requests waiting in the hold queue (for "
+                              "a start, or for a connection slot).", labels=["service"]),
             GaugeMetricFamily("hestia_in_flight", "Leases held (requests being served).",
+                              labels=["service"]),
+            GaugeMetricFamily("hestia_connections_in_use",
+                              "Leases counted against max_connections.", labels=["service"]),
+            GaugeMetricFamily("hestia_max_connections",
+                              "max_connections of the backend (0: no cap).",
                               labels=["service"]),
             GaugeMetricFamily("hestia_backend_state",
                               "1 for the backend's current state, 0 for the others.",

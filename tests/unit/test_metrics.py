@@ -193,6 +193,36 @@ async def test_gauges_follow_a_backend_through_its_start(nursery, autojump_clock
     assert value(scrape(metrics), "hestia_in_flight", service="echo") == 0
 
 
+async def test_connection_slots_and_the_requests_waiting_for_one_are_gauged(
+        nursery, autojump_clock):
+    sup = supervisor(FakeLauncher(start_s=1), max_connections=2)
+    metrics = Metrics({"echo": sup})
+    await nursery.start(sup.run)
+    done = trio.Event()
+
+    async def hold() -> None:
+        async with sup.lease():
+            await done.wait()
+
+    for _ in range(3):
+        nursery.start_soon(hold)
+    await trio.sleep(2)
+    samples = scrape(metrics)
+    assert value(samples, "hestia_max_connections", service="echo") == 2
+    assert value(samples, "hestia_connections_in_use", service="echo") == 2
+    assert value(samples, "hestia_in_flight", service="echo") == 2
+    assert value(samples, "hestia_queue_depth", service="echo") == 1
+    families = {f["name"]: f for f in metrics.as_json()["metrics"]}
+    assert families["hestia_connections_in_use"]["samples"] == [
+        {"name": "hestia_connections_in_use", "labels": {"service": "echo"}, "value": 2.0}]
+    assert families["hestia_max_connections"]["type"] == "gauge"
+    done.set()
+    await trio.sleep(0.1)
+    samples = scrape(metrics)
+    assert value(samples, "hestia_connections_in_use", service="echo") == 0
+    assert value(samples, "hestia_queue_depth", service="echo") == 0
+
+
 def test_as_json_has_the_same_samples_as_the_text():
     bus, metrics = wired()
     metrics.request("echo", 404, 0.01)

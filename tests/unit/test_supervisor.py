@@ -177,8 +177,9 @@ async def test_crash_while_ready_revokes_leases_and_the_next_request_restarts(
     assert sup.state is State.COLD
     assert sup.last_error is not None and sup.last_error["exit_status"] == 3
     async with sup.lease():
-        assert trio.current_time() == 2.0
-    assert launcher.starts == [0.0, 1.0]
+        # It crashed at once after becoming ready: the restart waits startup.delay (1 s).
+        assert trio.current_time() == 3.0
+    assert launcher.starts == [0.0, 2.0]
 
 
 async def test_a_start_that_never_becomes_ready_times_out(nursery, autojump_clock):
@@ -250,12 +251,13 @@ async def test_keep_warm_starts_at_boot_and_after_a_crash(nursery, autojump_cloc
     await trio.sleep(3)
     assert sup.state is State.READY
     assert launcher.current is not None
+    await trio.sleep_until(70)  # READY for over a minute: a crash now restarts it at once
     launcher.current.exit(9)
     await trio.sleep(0.5)
     assert sup.state is State.STARTING
     await trio.sleep(2)
     assert sup.state is State.READY
-    assert launcher.starts == [0.0, 3.0]
+    assert launcher.starts == [0.0, 70.0]
 
 
 async def test_keep_warm_never_stops_for_idleness(nursery, autojump_clock):
@@ -309,7 +311,8 @@ async def test_a_stop_request_during_start_cancels_it(nursery, autojump_clock):
         async with sup.lease():
             pass
     assert trio.current_time() == 2.0
-    assert sup.state is State.COLD
+    await sup.wait_until(State.COLD)  # once the process the attempt had started is stopped
+    assert trio.current_time() == 2.0
     assert launcher.stop_calls == [2.0]
 
 

@@ -127,13 +127,25 @@ SCHEMAS: dict[str, Schema] = {
         "placements": {"type": "array", "items": _ref("Placement"), "minItems": 1},
         "readiness": _object({"probe": STR, "ready": BOOL, "lastResult": _or_null(STR)},
                              closed=True),
-        "queuePending": COUNT, "inFlight": COUNT,
+        "queuePending": {**COUNT, "description": "requests in the hold queue: waiting for a "
+                         "start, or (READY) for one of `maxConnections`"},
+        "inFlight": {**COUNT, "description": "leases held: requests, streams and open "
+                     "WebSockets using the backend"},
+        "connectionsInUse": {**COUNT, "description": "the leases counted against "
+                             "`maxConnections`"},
+        "maxConnections": {**COUNT, "description": "`max_connections` (0: no cap)"},
         "lastUsed": _or_null(TIME), "readySince": _or_null(TIME),
         "lastStartDurationMs": _or_null(NUM), "expectedStartMs": _or_null(COUNT),
         "estimatedWaitMs": {**_or_null(COUNT), "description": "while starting, from past starts"},
         "lastError": {"anyOf": [_ref("LastError"), {"type": "null"}]},
         "cooldownRemainingS": {**_or_null({"type": "number", "minimum": 0}),
                                "description": "while FAILED"},
+        "failuresInARow": {**COUNT, "description": "failed starts and crashes since the "
+                           "backend last stayed READY a minute (or was stopped on purpose)"},
+        "nextAttemptAt": {**_or_null(TIME), "description": "after failures: the earliest "
+                          "time the next start may begin"},
+        "nextAttemptInS": {**_or_null({"type": "number", "minimum": 0}),
+                           "description": "the same, in seconds from now"},
         "group": _or_null(STR), "idleTimeoutS": {"type": "number", "minimum": 0},
         "keepWarm": BOOL, "pid": _or_null(INT), "starts": COUNT, "logTail": STRINGS,
         "automation": _ref("Automation"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..lifecycle.readiness import LOG_TAIL_LINES
@@ -14,6 +15,7 @@ __all__ = ["automation_status", "service_status"]
 def service_status(sup: Supervisor) -> dict[str, Any]:
     running = sup.running
     cooldown = sup.cooldown_remaining
+    next_in = sup.next_attempt_in
     return {
         "serviceId": sup.name,
         "state": sup.state.name,
@@ -26,6 +28,8 @@ def service_status(sup: Supervisor) -> dict[str, Any]:
                       "lastResult": sup.probe.last_result},
         "queuePending": sup.queue_pending,
         "inFlight": sup.in_flight,
+        "connectionsInUse": sup.connections_in_use,
+        "maxConnections": sup.config.max_connections,
         "lastUsed": iso_time(sup.last_used),
         "readySince": iso_time(sup.ready_since),
         "lastStartDurationMs": (None if sup.last_start_duration is None
@@ -36,6 +40,9 @@ def service_status(sup: Supervisor) -> dict[str, Any]:
                             else round(wait * 1000)),
         "lastError": sup.last_error and {**sup.last_error, "at": iso_time(sup.last_error["at"])},
         "cooldownRemainingS": None if cooldown is None else round(cooldown, 3),
+        "failuresInARow": sup.failures_in_a_row,
+        "nextAttemptAt": None if next_in is None else iso_time(time.time() + next_in),
+        "nextAttemptInS": None if next_in is None else round(next_in, 3),
         "group": sup.group.name if sup.group is not None else None,
         "idleTimeoutS": sup.config.idle_timeout,
         "keepWarm": sup.config.keep_warm,

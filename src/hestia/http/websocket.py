@@ -176,6 +176,9 @@ class WebSocketProxy:
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol,
                     "headers": [(b"x-request-id", request_id.encode())]})
         relay.status = 101
+        # Once open, a socket keeps the backend busy but leaves its max_connections slot: a
+        # long-lived, mostly idle socket must not starve plain requests.
+        supervisor.free_slot(lease)
         if supervisor.config.activity.websockets == "ignore":
             passive = supervisor.acquire_nowait(passive=True)
             if passive is not None:  # READY: it must be, it just accepted

@@ -26,15 +26,17 @@ _serials = itertools.count(1)
 class Lease:
     """Held by a request while it uses the backend. The supervisor can revoke it (the backend
     crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
-    work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen."""
+    work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen.
+    `counted`: it holds one of the backend's `max_connections` slots."""
 
-    __slots__ = ("scope", "error", "serial", "passive")
+    __slots__ = ("scope", "error", "serial", "passive", "counted")
 
-    def __init__(self, passive: bool = False) -> None:
+    def __init__(self, passive: bool = False, *, counted: bool = False) -> None:
         self.scope: trio.CancelScope | None = None
         self.error: GatewayError | None = None
         self.serial = next(_serials)
         self.passive = passive  # an ignored request (health checker): not use, not activity
+        self.counted = counted
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""

@@ -2,6 +2,10 @@
 
 A mixin of `Supervisor` (lifecycle/supervisor.py), split out to keep both modules readable; its
 methods run only in the supervisor's own task and use the supervisor's state freely.
+
+One backoff serves both the attempts within a start and the restarts after failures in a row
+(crashes, failed starts of a `keep_warm` backend): `restart_delay`, from `startup`'s `delay`,
+`backoff` and `max_delay`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from ..config import StartupConfig
 from ..errors import GatewayError, StartCancelled, StartFailed
 from ..launchers.base import LaunchContext, Running
 from .leases import State
@@ -21,11 +26,27 @@ from .readiness import LOG_TAIL_LINES, probe_once, until_ready
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
-__all__ = ["StartSequence"]
+__all__ = ["STABLE_AFTER", "StartSequence", "restart_delay"]
 
 log = structlog.get_logger("hestia.supervisor")
 
-KEEP_WARM_MAX_BACKOFF = 60.0
+# A backend READY this long has proved itself: its failures in a row are forgotten and its next
+# crash restarts it at once. Long enough to catch a crash loop (a backend dying within seconds
+# of becoming ready, or on its first requests, even after a start of a few tens of seconds);
+# short enough that a backend crashing once an hour is always restarted without delay.
+STABLE_AFTER = 60.0
+
+
+def restart_delay(startup: StartupConfig, failures: int) -> float:
+    """The wait after `failures` failures in a row: `delay × backoff^(failures-1)`, at most
+    `max_delay` (none for 0). Attempt `n` of a start waits `restart_delay(startup, n - 1)`."""
+    if failures <= 0 or startup.delay <= 0:
+        return 0.0
+    try:
+        delay = startup.delay * startup.backoff ** (failures - 1)
+    except OverflowError:  # a crash loop left alone for days
+        delay = math.inf
+    return min(startup.max_delay, delay)
 
 
 class StartSequence:
@@ -34,11 +55,11 @@ class StartSequence:
     async def _start(self: Supervisor, nursery: trio.Nursery) -> None:
         """Try `startup.attempts` times with backoff: READY, or FAILED listing every attempt."""
         self._start_requested = False
+        self._auto_start = False
         placements = [p for p in self.placements
                       if self._start_on is None or p.machine == self._start_on
                       ] or self.placements
         self._start_on = None
-        self._retry_at = math.inf
         self._exit = None
         self.starts += 1
         self._set_state(State.STARTING)
@@ -62,8 +83,7 @@ class StartSequence:
                 self.placement = placement
                 for number in range(1, startup.attempts + 1):
                     if number > 1:
-                        await trio.sleep(min(startup.max_delay,
-                                             startup.delay * startup.backoff ** (number - 2)))
+                        await trio.sleep(restart_delay(startup, number - 1))
                     running = await self._attempt(number, attempts)
                     self.machines.record(placement.machine, ok=running is not None)
                     if running is not None:
@@ -78,10 +98,9 @@ class StartSequence:
             await self._start_failed(attempts, duration, cancelled=cancelled)
             return
         self.history.end(duration)
-        self._failures = 0
         self.last_start_duration = duration
         self.ready_since = time.time()
-        self._idle_since = trio.current_time()
+        self._idle_since = self._ready_at = trio.current_time()
         nursery.start_soon(self._watch_exit, running)
         self._set_state(State.READY)
         log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
@@ -90,7 +109,7 @@ class StartSequence:
                    pid=running.pid, launcher=self.launcher_kind,
                    upstream=self.placement.upstream,
                    duration_ms=round(duration * 1000, 1))
-        self._release_waiters()
+        self._grant_waiters()
 
     async def _attempt(self: Supervisor, number: int,
                        attempts: list[dict[str, Any]]) -> Running | None:
@@ -147,11 +166,10 @@ class StartSequence:
 
     async def _start_failed(self: Supervisor, attempts: list[dict[str, Any]], duration: float, *,
                             cancelled: bool) -> None:
-        """Every attempt failed, or the start was cancelled: answer the waiters."""
-        running, self._running = self._running, None
-        if running is not None:  # cancelled in the middle of an attempt
-            with trio.CancelScope(shield=True):
-                await running.stop()
+        """Every attempt failed, or the start was cancelled: answer the waiters, in one step
+        with the state. A process left by an attempt cut short is stopped after that step,
+        in STOPPING: a request arriving meanwhile waits for a fresh start, not for this one's
+        error."""
         error: GatewayError
         if cancelled:
             error = StartCancelled(f"the start of {self.name!r} was cancelled",
@@ -174,16 +192,27 @@ class StartSequence:
             duration_ms=round(duration * 1000, 1))
         self._emit("start_failed", detail=error.detail, attempts=len(attempts),
                    cancelled=cancelled, duration_ms=round(duration * 1000, 1))
-        cooldown = self.config.startup.cooldown
-        if cancelled or cooldown <= 0 or self._closing:
-            self._set_state(State.COLD)
-        else:
-            self._failed_until = trio.current_time() + cooldown
-            self._failure = error
-            error.retry_after = cooldown
-            self._set_state(State.FAILED)
-        self._fail_waiters(error)
-        if self.config.keep_warm and not cancelled and not self._closing:
+        startup = self.config.startup
+        retry = not cancelled and not self._closing
+        if retry:
             self._failures += 1
-            delay = min(KEEP_WARM_MAX_BACKOFF, 2.0 ** (self._failures - 1))
-            self._retry_at = trio.current_time() + max(delay, cooldown)
+        if self.config.keep_warm and retry:
+            self._auto_start = True
+            self._retry_at = trio.current_time() + max(
+                restart_delay(startup, self._failures), startup.cooldown)
+        running, self._running = self._running, None
+        if running is not None:  # cut short in the middle of an attempt
+            self._set_state(State.STOPPING)
+            self._fail_waiters(error)
+            with trio.CancelScope(shield=True):
+                await running.stop()
+            self._set_state(State.COLD)
+        elif not retry or startup.cooldown <= 0:
+            self._set_state(State.COLD)
+            self._fail_waiters(error)
+        else:
+            self._failed_until = trio.current_time() + startup.cooldown
+            self._failure = error
+            error.retry_after = startup.cooldown
+            self._set_state(State.FAILED)
+            self._fail_waiters(error)

@@ -2,7 +2,7 @@
 
 ```
  COLD ──lease wanted / start──▶ STARTING ──ready──▶ READY ──idle / stop──▶ STOPPING ──▶ COLD
-   ▲                               │                  │
+   ▲                               │                  │  └── health checks failed ──▲
    │                every attempt failed              └── exited by itself (crash) ──▶ COLD
    │                               ▼
    └──────── cool-down over ─── FAILED   (requests meanwhile: 503 at once, attempts listed)
@@ -11,8 +11,18 @@
 Request handlers never look at the state and act on it; they ask for a lease
 (`async with supervisor.lease(): …`) and the supervisor decides. A request for a backend that is
 not READY waits in the bounded FIFO hold queue; the supervisor's task starts the backend and, the
-moment it is ready, grants a lease to every waiter in arrival order. A request arriving while the
-backend is STOPPING waits as well and, once the stop is done, causes a fresh start.
+moment it is ready, grants a lease to every waiter in arrival order, up to `max_connections`
+(holding.py). A request arriving while the backend is STOPPING waits as well and, once the stop
+is done, causes a fresh start.
+
+Every transition is taken in one synchronous step: set the state, revoke the leases, answer the
+waiters, and note what must be closed; the closing (a process, the pooled connections) comes
+after. So a lease is never granted on a backend that is already dead or being stopped.
+
+After a crash, or a failed start of a `keep_warm` backend, the next start waits for the restart
+backoff (startup.py: `restart_delay`), so a backend that dies right after becoming ready is not
+restarted in a tight loop. The count of failures in a row is reset once the backend has stayed
+READY for `STABLE_AFTER`.
 
 The idle timer runs only while no lease is held, counting from the release of the last lease.
 Everything that takes time (launch, probe, stop) happens in `run()`, the supervisor's own task;
@@ -22,41 +32,34 @@ wanted and wake that task.
 
 from __future__ import annotations
 
-import copy
+import collections
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 import trio
 
 from ..config import ServiceConfig
-from ..errors import (
-    BackendCrashed,
-    BackendStopped,
-    GatewayError,
-    QueueFull,
-    QueueTimeout,
-    StartCancelled,
-)
+from ..errors import BackendCrashed, BackendStopped, GatewayError, StartCancelled
 from ..events import EventBus
 from ..http.upstream import UpstreamPool
 from ..launchers.base import Launcher, Running
 from .groups import Group
 from .history import StartHistory
+from .holding import HoldQueue
 from .leases import Lease, State, _Waiter
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, watch_health
-from .startup import StartSequence
+from .startup import STABLE_AFTER, StartSequence, restart_delay
 
 __all__ = ["Lease", "State", "Supervisor"]
 
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(StartSequence):
+class Supervisor(HoldQueue, StartSequence):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -82,18 +85,22 @@ class Supervisor(StartSequence):
         self.starts = 0
         self._leases: set[Lease] = set()
         self._active = 0  # leases that are not passive: only these hold off the idle timer
-        self._waiters: dict[_Waiter, None] = {}
+        self._counted = 0  # leases that hold one of `max_connections`
+        # Ordered, with O(1) removal from anywhere (a waiter that gives up) and from the front.
+        self._waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
         self._changed = trio.Event()
         self._running: Running | None = None
         self._exit: tuple[Running, int | None] | None = None
         self._idle_since = 0.0                      # trio clock
-        self._start_requested = False
+        self._ready_at = 0.0                        # trio clock
+        self._start_requested = False  # a person asked: skips the cool-down and the backoff
+        self._auto_start = False  # keep_warm wants it running again
         self._start_on: str | None = None  # a person asked for a start on this machine
         self._stop_requested: str | None = None
         self._start_scope: trio.CancelScope | None = None
         self._closing = False
-        self._failures = 0
-        self._retry_at = math.inf
+        self._failures = 0  # failed starts and crashes since it last stayed READY long enough
+        self._retry_at = -math.inf  # no start but a person's before this (trio clock)
         self._failed_until = 0.0
         self._unhealthy: str | None = None  # why the health check gave up on the backend
         self._adopted: Running | None = None  # to watch once run() has its nursery
@@ -149,53 +156,23 @@ class Supervisor(StartSequence):
             return None
         return max(0.0, self._failed_until - trio.current_time())
 
-    def acquire_nowait(self, *, passive: bool = False) -> Lease | None:
-        """A lease at once when the backend is READY (the hot path), else None. A `passive`
-        lease is for a request that does not count as use (an uptime monitor): it neither holds
-        off nor resets the idle timer."""
-        if self.state is State.READY and self._stop_requested is None and not self._closing:
-            return self._grant(passive)
-        return None
+    @property
+    def failures_in_a_row(self) -> int:
+        """Failed starts and crashes since the backend last stayed READY `STABLE_AFTER` (or
+        was stopped on purpose)."""
+        if (self.state is State.READY and self._failures
+                and trio.current_time() - self._ready_at >= STABLE_AFTER):
+            return 0  # proved itself; `_failures` itself is reset when READY ends
+        return self._failures
 
-    async def acquire(self) -> Lease:
-        """A lease, waiting in the hold queue (and starting the backend) when needed.
-
-        Raises `QueueFull`, `QueueTimeout`, `StartFailed` or `StartCancelled` (all 503).
-        Pair every lease with `release()`; `lease()` does both.
-        """
-        return self.acquire_nowait() or await self._wait_for_lease()
-
-    def release(self, lease: Lease) -> None:
-        if lease not in self._leases:
-            return
-        self._leases.discard(lease)
-        if not self._leases:
-            self._notify()  # a stop may be draining
-            if self.group is not None:
-                self.group.notify()  # a start in the group may be waiting for an idle member
-        if lease.passive:
-            return
-        self._active -= 1
-        self.last_used = time.time()
-        if not self._active:
-            self._idle_since = trio.current_time()
-            self._notify()
-
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Lease]:
-        """Hold the backend for the duration of the block, starting it if needed.
-
-        Raises what `acquire` raises. When the lease is revoked (crash, stop), the block is
-        cancelled and the context exits quietly with `lease.error` set: the caller answers that
-        error if it can still answer at all.
-        """
-        lease = await self.acquire()
-        try:
-            with trio.CancelScope() as scope:
-                lease.bind(scope)
-                yield lease
-        finally:
-            self.release(lease)
+    @property
+    def next_attempt_in(self) -> float | None:
+        """While COLD or FAILED after failures: seconds until the next start may begin (a
+        `keep_warm` backend starts then; requests wait for it). None: it may begin at once."""
+        if self.state not in (State.COLD, State.FAILED):
+            return None
+        left = self._retry_at - trio.current_time()
+        return left if left > 0 else None
 
     async def wait_until(self, *states: State) -> None:
         """Return once the backend is in one of `states`; the caller bounds the wait."""
@@ -207,7 +184,8 @@ class Supervisor(StartSequence):
         when already starting or running."""
         if self.state in (State.STARTING, State.READY) or self._closing:
             return False
-        self._start_requested = True  # from FAILED too: a person asking skips the cool-down
+        # From FAILED too, and during a restart backoff: a person asking skips both.
+        self._start_requested = True
         self._start_on = machine
         self._notify()
         return True
@@ -216,6 +194,7 @@ class Supervisor(StartSequence):
         """Ask for a stop. In-flight requests get `drain_timeout` to finish; requests arriving
         meanwhile wait for a fresh start. False when there is nothing to stop."""
         self._start_requested = False
+        self._auto_start = False
         if self.state is State.STARTING and self._start_scope is not None:
             self._start_scope.cancel()
             return True
@@ -246,10 +225,12 @@ class Supervisor(StartSequence):
 
     def retry_after(self) -> float:
         """A fair guess of when a refused client should try again, in seconds: what is left
-        of a start under way, or how long starts take, from past starts."""
+        of a start under way, or how long starts take (from past starts) after what is left of
+        a restart backoff."""
         wait = self.history.remaining()
         if wait is None:
             wait = self.history.expected() or self.last_start_duration or 5.0
+            wait += self.next_attempt_in or 0.0
         return max(1.0, wait)
 
     def _estimate(self) -> dict[str, Any]:
@@ -274,75 +255,65 @@ class Supervisor(StartSequence):
         if self.group is not None and state in (State.COLD, State.FAILED):
             self.group.release(self)
 
-    def _grant(self, passive: bool = False) -> Lease:
-        lease = Lease(passive)
-        self._leases.add(lease)
-        if not passive:
-            self._active += 1
-            self.last_used = time.time()
-        return lease
+    def _crashed(self) -> UpstreamPool:
+        """READY → COLD for a backend that exited by itself, in one step: no lease can be
+        granted on it after this. Returns the pool whose connections must be closed."""
+        assert self._exit is not None
+        running, status = self._exit
+        self._exit = None
+        self._running = None
+        ready_for = self._end_ready(running, running.describe_exit(status), status)
+        self._set_state(State.COLD)
+        self._restart_after_crash(ready_for)
+        return self.pool
 
-    async def _wait_for_lease(self) -> Lease:
-        if self._closing:
-            raise StartCancelled("the gateway is shutting down", service=self.name,
-                                 retry_after=self.retry_after())
-        if self.state is State.FAILED and self._failure is not None:
-            failure = copy.copy(self._failure)
-            failure.retry_after = max(1.0, self._failed_until - trio.current_time())
-            raise failure
-        if len(self._waiters) >= self.config.queue.max:
-            log.warning("queue_overflow", service=self.name, queue_max=self.config.queue.max,
-                        state=self.state.name)
-            self._emit("queue_overflow", queue_max=self.config.queue.max, state=self.state.name)
-            raise QueueFull(
-                f"{self.config.queue.max} requests are already waiting for {self.name!r}",
-                service=self.name, retry_after=self.retry_after(), state=self.state.name,
-                **self._estimate())
-        waiter = _Waiter()
-        self._waiters[waiter] = None
-        self._notify()
-        try:
-            with trio.move_on_after(self.config.queue.timeout):
-                await waiter.event.wait()
-        except BaseException:
-            # Cancelled (client went away, shutdown): leave the queue, or give back a lease
-            # that was granted in the same instant.
-            if waiter.lease is not None:
-                self.release(waiter.lease)
-            self._waiters.pop(waiter, None)
-            raise
-        if not waiter.event.is_set():
-            self._waiters.pop(waiter, None)
-            log.warning("queue_timeout", service=self.name, state=self.state.name,
-                        waited_s=self.config.queue.timeout)
-            self._emit("queue_timeout", waited_s=self.config.queue.timeout,
-                       state=self.state.name)
-            raise QueueTimeout(
-                f"{self.name!r} was not ready within {self.config.queue.timeout}s "
-                f"(state {self.state.name})",
-                service=self.name, retry_after=self.retry_after(), state=self.state.name,
-                **self._estimate())
-        if waiter.error is not None:
-            raise copy.copy(waiter.error)
-        assert waiter.lease is not None
-        return waiter.lease
+    async def _stop_unhealthy(self) -> None:
+        """READY → STOPPING → COLD for a backend that failed its health checks: taken off the
+        clients in one step (no lease granted while it is being stopped), then stopped like a
+        crash."""
+        failures = self.config.health.failures if self.config.health else 0
+        reason = (f"failed {failures} health checks in a row ({self._unhealthy}) and was "
+                  "stopped")
+        self._unhealthy = None
+        running, self._running = self._running, None
+        assert running is not None
+        ready_for = self._end_ready(running, reason, None)
+        self._set_state(State.STOPPING)
+        with trio.CancelScope(shield=True):
+            await running.stop()
+        pool = self.pool
+        self._set_state(State.COLD)
+        self._restart_after_crash(ready_for)
+        await pool.clear()
 
-    def _release_waiters(self) -> None:
-        """READY: every waiter gets its lease, in arrival order, in one go."""
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters:
-            waiter.lease = self._grant()
-            waiter.event.set()
+    def _end_ready(self, running: Running, reason: str, status: int | None) -> float:
+        """Record a crash and revoke every lease with it; how long the backend was READY."""
+        tail = running.log_tail(LOG_TAIL_LINES)
+        error = BackendCrashed(f"{self.name!r} {reason} while serving", service=self.name,
+                               exit_status=status, log_tail=tail)
+        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
+                           "exit_status": status, "log_tail": tail}
+        self._emit("crashed", detail=reason, exit_status=status)
+        log.error("backend_crashed", service=self.name, detail=reason, exit_status=status,
+                  in_flight=len(self._leases), log_tail=tail)
+        self._revoke_leases(error)
+        self.ready_since = None
+        return trio.current_time() - self._ready_at
 
-    def _fail_waiters(self, error: GatewayError) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters:
-            waiter.error = error
-            waiter.event.set()
-
-    def _revoke_leases(self, error: GatewayError) -> None:
-        for lease in list(self._leases):
-            lease.revoke(error)
+    def _restart_after_crash(self, ready_for: float) -> None:
+        """A backend that crashed after staying READY `STABLE_AFTER` may start again at once;
+        one that crashed sooner is in a crash loop: the next start (keep_warm's, or a waiting
+        request's) waits `restart_delay` for the failures in a row so far."""
+        if ready_for >= STABLE_AFTER:
+            self._failures = 0
+            self._retry_at = -math.inf
+        else:
+            self._failures += 1
+            delay = restart_delay(self.config.startup, self._failures)
+            self._retry_at = trio.current_time() + delay
+            log.warning("restart_delayed", service=self.name, failures=self._failures,
+                        delay_s=delay)
+        self._auto_start = self.config.keep_warm
 
     # --- the owner's task ---------------------------------------------------------------------
 
@@ -351,9 +322,9 @@ class Supervisor(StartSequence):
         try:
             async with trio.open_nursery() as nursery:
                 if self.config.keep_warm:
-                    self._start_requested = True
+                    self._auto_start = True
                 if self._adopted is not None:
-                    self._idle_since = trio.current_time()
+                    self._idle_since = self._ready_at = trio.current_time()
                     nursery.start_soon(self._watch_exit, self._adopted)
                     self._adopted = None
                 task_status.started()
@@ -371,10 +342,11 @@ class Supervisor(StartSequence):
                 await self._shut_down()
                 return
             if self.state is State.COLD:
-                if self._waiters or self._start_requested or trio.current_time() >= self._retry_at:
+                wanted = bool(self._waiters) or self._auto_start
+                if self._start_requested or (wanted and trio.current_time() >= self._retry_at):
                     await self._start(nursery)
                 else:
-                    with trio.move_on_at(self._retry_at):
+                    with trio.move_on_at(self._retry_at if wanted else math.inf):
                         await self._changed.wait()
             elif self.state is State.READY:
                 await self._while_ready()
@@ -407,7 +379,11 @@ class Supervisor(StartSequence):
             if self._closing:
                 return
             if self._exit is not None:
-                await self._crashed()
+                pool = self._crashed()
+                await pool.clear()
+                return
+            if self._unhealthy is not None:
+                await self._stop_unhealthy()
                 return
             if self._stop_requested is not None:
                 await self._stop(self._stop_requested)
@@ -426,39 +402,8 @@ class Supervisor(StartSequence):
         """While READY: `health.failures` failed probes in a row make the backend count as
         crashed (stopped, then COLD)."""
         assert self.config.health is not None
-        reason = await watch_health(self.name, self.probe, self.config.health)
-        running = self._running
-        if running is not None:
-            with trio.CancelScope(shield=True):
-                await running.stop()
-            self._exit = (running, None)
-            self._unhealthy = reason
-            self._notify()
-
-    async def _crashed(self) -> None:
-        assert self._exit is not None
-        running, status = self._exit
-        self._exit = None
-        self._running = None
-        reason = running.describe_exit(status)
-        if self._unhealthy is not None:
-            reason = (f"failed {self.config.health.failures if self.config.health else 0} "
-                      f"health checks in a row ({self._unhealthy}) and was stopped")
-            self._unhealthy = None
-        tail = running.log_tail(LOG_TAIL_LINES)
-        error = BackendCrashed(f"{self.name!r} {reason} while serving", service=self.name,
-                               exit_status=status, log_tail=tail)
-        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
-                           "exit_status": status, "log_tail": tail}
-        self._emit("crashed", detail=reason, exit_status=status)
-        log.error("backend_crashed", service=self.name, detail=reason, exit_status=status,
-                  in_flight=len(self._leases), log_tail=tail)
-        self._revoke_leases(error)
-        self.ready_since = None
-        await self.pool.clear()
-        self._set_state(State.COLD)
-        if self.config.keep_warm:
-            self._start_requested = True
+        self._unhealthy = await watch_health(self.name, self.probe, self.config.health)
+        self._notify()
 
     async def _stop(self, reason: str) -> None:
         self._stop_requested = None
@@ -474,13 +419,18 @@ class Supervisor(StartSequence):
         if running is not None:
             with trio.CancelScope(shield=True):
                 await running.stop()
-        await self.pool.clear()
+        pool = self.pool
         self.ready_since = None
+        # Stopped on purpose, not crashed: whatever failures came before are no longer "in a
+        # row" with the next one.
+        self._failures = 0
+        self._retry_at = -math.inf
         self._set_state(State.COLD)
         self._emit("stopped", reason=reason,
                    duration_ms=round((trio.current_time() - began) * 1000, 1))
         log.info("backend_stopped", service=self.name, reason=reason,
                  stop_duration_ms=round((trio.current_time() - began) * 1000, 1))
+        await pool.clear()
 
     async def _shut_down(self) -> None:
         self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name,
