@@ -182,14 +182,18 @@ async def test_the_default_is_32(nursery, autojump_clock):
     assert [at for _, _, at in sorted(granted)] == [1.0] * 32 + [11.0] * 8
 
 
-@pytest.mark.parametrize("value", [-1, "many", 1.5])
-def test_max_connections_must_be_a_whole_number_of_at_least_zero(value):
+@pytest.mark.parametrize(("value", "message"), [
+    (-1, "Input should be greater than or equal to 0"),
+    ("many", "Input should be a valid integer, unable to parse string as an integer"),
+    (1.5, "Input should be a valid integer, got a number with a fractional part")])
+def test_max_connections_must_be_a_whole_number_of_at_least_zero(value, message):
     raw = {"services": {"echo": {"upstream": "http://127.0.0.1:9",
                                  "launcher": {"process": {"command": ["x"]}},
                                  "max_connections": value}}}
     with pytest.raises(ConfigError) as caught:
         parse_config(raw, env={})
-    assert "services.echo.max_connections" in str(caught.value)
+    assert str(caught.value) == ("configuration: 1 error(s)\n"
+                                 f"  services.echo.max_connections: {message}")
 
 
 def test_backends_take_the_services_max_connections_as_their_default():
