@@ -6,12 +6,12 @@ import trio
 
 from hestia.http import status as status_module
 from hestia.http.status import service_status
-from hestia.lifecycle.supervisor import State
+from hestia.lifecycle.supervisor import State, Supervisor
 from hestia.observability import iso_time
-from tests.fakes import FakeLauncher, supervisor
+from tests.fakes import FakeLauncher, FakeProbe, supervisor
 
 
-def crash_looping(**fields: object) -> tuple[FakeLauncher, object]:
+def crash_looping(**fields: object) -> tuple[FakeLauncher, Supervisor]:
     """A backend ready 1 s after its start that exits 0.5 s later, every time."""
     launcher = FakeLauncher(start_s=1, exit_after=1.5)
     return launcher, supervisor(launcher, **fields)
@@ -155,7 +155,8 @@ async def test_failed_health_checks_back_off_like_a_crash(nursery, autojump_cloc
     sup = supervisor(launcher, keep_warm=True, health={"interval": "10s", "failures": 1})
     await nursery.start(sup.run)
     probe = sup.probe
-    probe.healthy = False  # type: ignore[attr-defined]
+    assert isinstance(probe, FakeProbe)
+    probe.healthy = False
     # Ready at 1, unhealthy at 11 (READY 10 s): the restart waits 1 s. Ready again at 13,
     # unhealthy at 23: 2 s.
     await trio.sleep_until(26)
