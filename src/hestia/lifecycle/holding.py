@@ -50,7 +50,7 @@ class HoldQueue:
         if self.state is State.READY and self._stop_requested is None and not self._closing:
             if passive:
                 return self._grant(passive=True)
-            if not self._waiters and self._slot_free():
+            if self._counted < self._cap and not self._waiters:
                 return self._grant()
         return None
 
@@ -66,7 +66,8 @@ class HoldQueue:
         if lease not in self._leases:
             return
         self._leases.discard(lease)
-        self._uncount(lease)
+        if lease.counted:
+            self._uncount(lease)
         if not self._leases:
             self._notify()  # a stop may be draining
             if self.group is not None:
@@ -103,14 +104,11 @@ class HoldQueue:
 
     # --- synchronous steps --------------------------------------------------------------------
 
-    def _slot_free(self: Supervisor) -> bool:
-        cap = self.config.max_connections
-        return cap == 0 or self._counted < cap
-
     def _grant(self: Supervisor, passive: bool = False) -> Lease:
-        lease = Lease(passive, counted=not passive)
+        lease = Lease(passive)
         self._leases.add(lease)
         if not passive:
+            lease.counted = True
             self._counted += 1
             self._active += 1
             self.last_used = time.time()
@@ -120,13 +118,14 @@ class HoldQueue:
         if lease.counted:
             lease.counted = False
             self._counted -= 1
-            self._grant_waiters()
+            if self._waiters:
+                self._grant_waiters()
 
     def _grant_waiters(self: Supervisor) -> None:
         """READY: the first waiters get a lease each, in arrival order, while slots are free."""
         if self.state is not State.READY or self._stop_requested is not None or self._closing:
             return
-        while self._waiters and self._slot_free():
+        while self._waiters and self._counted < self._cap:
             waiter, _ = self._waiters.popitem(last=False)
             waiter.lease = self._grant()
             waiter.event.set()

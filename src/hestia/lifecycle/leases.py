@@ -31,12 +31,12 @@ class Lease:
 
     __slots__ = ("scope", "error", "serial", "passive", "counted")
 
-    def __init__(self, passive: bool = False, *, counted: bool = False) -> None:
+    def __init__(self, passive: bool = False) -> None:
         self.scope: trio.CancelScope | None = None
         self.error: GatewayError | None = None
         self.serial = next(_serials)
         self.passive = passive  # an ignored request (health checker): not use, not activity
-        self.counted = counted
+        self.counted = False  # set by the supervisor that grants it
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""

@@ -86,6 +86,7 @@ class Supervisor(HoldQueue, StartSequence):
         self._leases: set[Lease] = set()
         self._active = 0  # leases that are not passive: only these hold off the idle timer
         self._counted = 0  # leases that hold one of `max_connections`
+        self._cap = config.max_connections or math.inf  # read on the hot path: no model access
         # Ordered, with O(1) removal from anywhere (a waiter that gives up) and from the front.
         self._waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
         self._changed = trio.Event()
