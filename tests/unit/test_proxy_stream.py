@@ -95,3 +95,61 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_and_releases_the_
     assert sup.state.name == "READY"
     await trio.sleep(0.2)
     assert sup.state.name == "COLD"
+
+
+class ScriptedUpstream:
+    """Answers every request on every connection with the same raw response."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.connections = 0
+
+    async def open(self, host: str, port: int) -> trio.abc.Stream:
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.connections += 1
+        self._nursery.start_soon(self._serve, theirs)
+        return ours
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as self._nursery:
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        pending = b""
+        while data := await stream.receive_some():
+            pending += data
+            while b"\r\n\r\n" in pending:
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                await stream.send_all(self.response)
+
+
+async def get(proxy: ProxyHandler, path: bytes) -> tuple[int, list[bytes], bytes]:
+    """Status, header names and body the client is sent."""
+    to_proxy, from_client = trio.open_memory_channel[dict[str, Any]](10)
+    to_proxy.send_nowait({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await proxy(scope(path), from_client.receive, send)
+    return (sent[0]["status"], [name for name, _ in sent[0]["headers"]],
+            b"".join(m["body"] for m in sent[1:]))
+
+
+async def test_an_answer_framed_both_ways_reaches_the_client_decoded_and_ends_its_connection(
+        nursery, autojump_clock):
+    # RFC 9112 §6.3: chunked wins over Content-Length, which must not travel on (it would
+    # frame the decoded body downstream), and the connection is not trusted with another
+    # exchange.
+    upstream = ScriptedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    await nursery.start(upstream.run)
+    sup = supervisor(FakeLauncher(start_s=1))
+    sup.placement.pool.open_stream = upstream.open
+    await nursery.start(sup.run)
+    proxy = ProxyHandler({"echo": sup})
+    for _ in range(2):
+        assert await get(proxy, b"/services/echo/") == (200, [b"x-request-id"], b"hello")
+    assert upstream.connections == 2

@@ -1,25 +1,33 @@
 """The proxy leg: HTTP/1.1 to upstreams on plain trio streams, and a keep-alive pool.
 
-Chosen by measurement (docs/performance.md). An httpx client shared by many trio tasks slows
-sharply with concurrency on this kind of machine; h11 on trio streams keeps pace, but its
-per-event validation and state machine were a sixth of the gateway's CPU per proxied request.
-What the proxy leg needs is narrow — write a request whose headers the server side already
-validated, then frame one response — so this module does exactly that:
+Chosen by measurement (docs/performance.md, "Upstream codec vs h11"): h11 on the upstream leg
+costs measurably more per proxied request than this module. What the proxy leg needs is
+narrow — write a request whose headers the server side already validated, then frame one
+response — so this module does exactly that:
 
 - the request head is written as bytes; a body is passed through as is (Content-Length) or
   chunk-encoded (when the client sent it chunked);
-- the response head is parsed strictly (status line, `name: value` lines, at most
-  `MAX_HEAD` bytes), 1xx answers are skipped, and the body is framed by the rules of RFC 9112
-  §6.3: none for HEAD, 1xx, 204 and 304; chunked; Content-Length; else until the connection
+- the response is parsed by RFC 9112's grammar, and accepts what h11 accepts (a differential
+  fuzz test holds the two together, tests/unit/test_upstream_differential.py), except where
+  a gateway has to be stricter: obsolete line folding (§5.2), chunk extensions outside the
+  grammar (§7.1.1), a major version other than 1, and a message framed by both
+  Transfer-Encoding and Content-Length (§6.3: chunked wins, the Content-Length is dropped
+  and the connection is not reused). A bare LF ends a line of the head or the trailer
+  section (§2.2), never a chunk line; a chunk size is 1 to 20 hex digits; the only transfer
+  coding is chunked, once, since any other could reach the client neither decoded nor
+  labelled (hypercorn re-frames every answer);
+- 1xx answers are skipped (a 101 nobody asked for is refused), and the body is framed by
+  §6.3: none for HEAD, 204 and 304; chunked; Content-Length; else until the connection
   closes (then it is not reused).
 
 The pool keeps idle connections per upstream; a connection is reused only after a complete
-exchange on a keep-alive response, and checked for a pending EOF before reuse so that one the
-upstream closed while idle is not handed out.
+exchange on a keep-alive HTTP/1.1 response, and checked for a pending EOF before reuse so that
+one the upstream closed while idle is not handed out.
 """
 
 from __future__ import annotations
 
+import re
 import select
 import ssl
 from collections.abc import Awaitable, Callable
@@ -42,10 +50,27 @@ __all__ = [
 
 READ_SIZE = 65536
 BODY_READ_SIZE = 1024 * 1024  # a body read straight from the socket (see BodyReader.read)
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024          # a response head, and a trailer section
 MAX_CHUNK_LINE = 4096
 LAST_CHUNK = b"0\r\n\r\n"
 CHECK_IDLE_AFTER = 0.5
+
+# RFC 9112 / RFC 9110 grammar. A line of a head has lost its LF (and the CR before it).
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: .*)?", re.DOTALL)
+# Bytes no line of a head may hold once its line ends are gone: NUL, CR, VT, FF (h11's set).
+# Other CTLs are kept in field values and the reason phrase, as RFC 9110 §5.5 allows and as h11
+# (hypercorn's server side, which writes them on) does.
+_BAD_BYTES = b"\x00\r\x0b\x0c"
+_BAD_BYTE = re.compile(b"[" + _BAD_BYTES + b"]")
+# chunk-size [chunk-ext] with BWS, and trailing OWS as h11 allows ("some servers in the wild").
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,20})(?:[ \t]*;[ \t]*" + _TOKEN +
+    rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*")
+# The end of a head or trailer section: an empty line, after CRLF or a bare LF (§2.2).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 @dataclass(slots=True)
@@ -55,7 +80,7 @@ class ResponseHead:
     keep_alive: bool
     chunked: bool
     length: int | None                  # Content-Length; None: chunked, or until close
-    bodyless: bool                      # HEAD, 1xx, 204, 304
+    bodyless: bool                      # HEAD, 204, 304
 
 
 class Connection:
@@ -91,31 +116,46 @@ class Connection:
     async def read_head(self, method: bytes) -> ResponseHead:
         """The final (non-1xx) response head. Raises `UpstreamReset`. Safe to cancel and call
         again: what was read stays in the buffer."""
+        buffer = self.buffer
+        searched = 0
         while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
+            # What cannot become a status line is refused at once, not after MAX_HEAD bytes
+            # or a timeout (an SSH banner, a blank line).
+            if buffer[:5] != b"HTTP/"[:len(buffer)]:
+                line = bytes(buffer[:100]).split(b"\n", 1)[0]
+                raise UpstreamReset(f"invalid status line from upstream: {line!r}")
+            end = _BLANK_LINE.search(buffer, searched)
+            if end is None:
+                if len(buffer) > MAX_HEAD:
                     raise UpstreamReset(f"response head larger than {MAX_HEAD} bytes")
                 if self.eof:
                     raise UpstreamReset("the upstream closed the connection without answering")
+                searched = max(0, len(buffer) - 2)
                 await self.receive()
                 continue
-            raw = bytes(self.buffer[:end])
-            del self.buffer[:end + 4]
+            if end.start() > MAX_HEAD:
+                raise UpstreamReset(f"response head larger than {MAX_HEAD} bytes")
+            raw = bytes(buffer[:end.start() + 1])
+            del buffer[:end.end()]
+            searched = 0
             head = _parse_head(raw, method)
             if head is not None:
                 return head  # else a 1xx (100 Continue, 103): read on
 
     def looks_alive(self) -> bool:
-        """False when the upstream closed this idle connection (EOF or stray bytes pending)."""
+        """False when the upstream closed this idle connection (EOF, reset or stray bytes
+        pending). poll() rather than select(): select's descriptor set stops at 1,024, and a
+        busy gateway (2,048 listen backlog) has more; trio's own readiness waits can only
+        wait, not ask. One syscall, with no byte read."""
         sock = getattr(self.stream, "socket", None)
         if sock is None:
             return True
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return not poller.poll(0)
         except (OSError, ValueError):
             return False
-        return not readable
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -137,45 +177,92 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def _lines(raw: bytes) -> list[bytes]:
+    """The lines of a head or trailer section; `raw` ends with the LF before its empty line.
+    Raises `UpstreamReset`."""
+    # RFC 9112 §2.2: a bare LF may end a line and a CR before it is ignored, as h11 does; any
+    # other CR is refused.
+    text = raw.replace(b"\r\n", b"\n")
+    if len(text.translate(None, _BAD_BYTES)) != len(text):  # the fast test of the two
+        bad = _BAD_BYTE.search(text)
+        assert bad is not None
+        start = text.rfind(b"\n", 0, bad.start()) + 1
+        raise UpstreamReset(f"invalid byte {bad[0]!r} from upstream in "
+                            f"{text[start:bad.start() + 20]!r}")
+    lines = text.split(b"\n")
+    lines.pop()
+    return lines
+
+
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    """One field line (RFC 9112 §5): its name lower-cased and its value without the OWS
+    around it. Raises `UpstreamReset`."""
+    name, colon, value = line.partition(b":")
+    if not colon or not name or name.translate(None, _TCHAR):
+        if line[:1] in (b" ", b"\t"):
+            # §5.2: a gateway refuses obs-fold or unfolds it; refusing keeps one reading.
+            raise UpstreamReset(f"obsolete line folding from upstream: {line[:100]!r}")
+        raise UpstreamReset(f"invalid header line from upstream: {line[:100]!r}")
+    return name.lower(), value.strip(b" \t")
+
+
 def _parse_head(raw: bytes, method: bytes) -> ResponseHead | None:
-    lines = raw.split(b"\r\n")
-    status_line = lines[0].split(b" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
+    """The head up to its empty line; None for an interim (1xx) answer."""
+    lines = _lines(raw)
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
         raise UpstreamReset(f"invalid status line from upstream: {lines[0][:100]!r}")
-    version, code = status_line[0], status_line[1]
-    if len(code) != 3 or not code.isdigit():
-        raise UpstreamReset(f"invalid status code from upstream: {code[:10]!r}")
-    status = int(code)
-    if 100 <= status < 200 and status != 101:
-        return None
+    status = int(match[2])
+    if status < 100:
+        raise UpstreamReset(f"invalid status code from upstream: {status}")
     headers: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    chunked = encoded = False
-    connection = b""
+    length: bytes | None = None
+    chunked = close = False
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            raise UpstreamReset(f"invalid header line from upstream: {line[:100]!r}")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TCHAR):
+            _field(line)  # raises, saying why
         name = name.lower()
         value = value.strip(b" \t")
-        headers.append((name, value))
         if name == b"content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
-                raise UpstreamReset(f"invalid Content-Length from upstream: {value[:40]!r}")
-            length = int(value)
+            # RFC 9110 §8.6: a list of one value repeated is that value; anything else is
+            # refused. Compared as text, like h11: "5" and "05" disagree.
+            values = {v.strip(b" \t") for v in value.split(b",")}
+            value = values.pop()
+            if values or not value.isdigit() or len(value) > 20:
+                raise UpstreamReset(f"invalid Content-Length from upstream: {line[:60]!r}")
+            if length is not None:
+                if value != length:
+                    raise UpstreamReset("conflicting Content-Length fields from upstream")
+                continue  # a duplicate: forwarded once
+            length = value
         elif name == b"transfer-encoding":
-            # Chunked when it is the final coding; any other coding runs until the close.
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            encoded = True
+            value = value.lower()
+            if chunked or value != b"chunked":
+                raise UpstreamReset(
+                    f"unsupported Transfer-Encoding from upstream: {line[:60]!r} (only one "
+                    "field, chunked, can be decoded and forwarded)")
+            chunked = True
         elif name == b"connection":
-            connection += b"," + value.lower()
-    bodyless = method == b"HEAD" or status in (204, 304) or status < 200
-    if encoded:
-        length = None
-    tokens = {t.strip() for t in connection.split(b",")}
-    keep_alive = (b"close" not in tokens and (version == b"HTTP/1.1" or b"keep-alive" in tokens)
-                  and (bodyless or chunked or length is not None))
-    return ResponseHead(status, headers, keep_alive, chunked, length, bodyless)
+            close = close or b"close" in {t.strip(b" \t") for t in value.lower().split(b",")}
+        headers.append((name, value))
+    if status < 200:
+        if status == 101:
+            raise UpstreamReset("the upstream switched protocols, though no upgrade was asked")
+        return None
+    if method == b"CONNECT" and status < 300:
+        raise UpstreamReset("the upstream opened a tunnel (2xx to CONNECT); not proxied")
+    bodyless = method == b"HEAD" or status in (204, 304)
+    http_11 = match[1] != b"0"
+    if chunked and length is not None:
+        # RFC 9112 §6.3: chunked wins and an intermediary drops the Content-Length, which
+        # would misframe the decoded body downstream; a message framed two ways is not
+        # trusted with the next exchange.
+        headers = [field for field in headers if field[0] != b"content-length"]
+        close = True
+    keep_alive = (http_11 and not close and (bodyless or chunked or length is not None))
+    return ResponseHead(status, headers, keep_alive, chunked,
+                        None if chunked or length is None else int(length), bodyless)
 
 
 class BodyReader:
@@ -183,7 +270,7 @@ class BodyReader:
     when nothing is), and sets `done` in the same call that returns the last bytes, so the caller
     can send them together with the end of the message."""
 
-    __slots__ = ("conn", "head", "done", "_remaining", "_chunk_left", "_state")
+    __slots__ = ("conn", "head", "done", "_remaining", "_chunk_left", "_state", "_searched")
 
     def __init__(self, conn: Connection, head: ResponseHead) -> None:
         self.conn = conn
@@ -192,6 +279,7 @@ class BodyReader:
         self._remaining = head.length
         self._chunk_left = 0
         self._state = "size"  # chunked: size → data → crlf → size …; trailers at the end
+        self._searched = 0    # how far the trailer section was searched for its end
         if head.bodyless or head.length == 0:
             self._finish()
 
@@ -270,33 +358,50 @@ class BodyReader:
                     break
                 self._state = "crlf"
             elif self._state == "crlf":
+                if buffer[:2] != b"\r\n"[:len(buffer)]:
+                    raise UpstreamReset("invalid chunked body from upstream (missing CRLF)")
                 if len(buffer) < 2:
                     break
-                if buffer[:2] != b"\r\n":
-                    raise UpstreamReset("invalid chunked body from upstream (missing CRLF)")
                 del buffer[:2]
                 self._state = "size"
-            else:  # "size" or "trailers": one line at a time
+            elif self._state == "size":
+                # A chunk line ends with CRLF only: unlike the head's lines, RFC 9112 §2.2
+                # does not let a bare LF end it (nor does h11).
                 end = buffer.find(b"\r\n")
                 if end < 0:
                     if len(buffer) > MAX_CHUNK_LINE:
                         raise UpstreamReset("chunk size line too long")
                     break
-                line = bytes(buffer[:end])
-                del buffer[:end + 2]
-                if self._state == "trailers":
-                    if not line:
-                        self._finish()
-                        break
-                    continue  # trailers are dropped (not forwarded over HTTP/1.1)
-                size = line.split(b";", 1)[0].strip()
-                try:
-                    self._chunk_left = int(size, 16)
-                except ValueError:
+                match = _CHUNK_LINE.fullmatch(buffer, 0, end)
+                if match is None:
                     raise UpstreamReset(
-                        f"invalid chunk size from upstream: {size[:20]!r}") from None
+                        f"invalid chunk line from upstream: {bytes(buffer[:min(end, 40)])!r}")
+                self._chunk_left = int(match[1], 16)
+                del buffer[:end + 2]
                 self._state = "data" if self._chunk_left else "trailers"
+            elif not self._take_trailers(buffer):
+                break
+            else:
+                self._finish()
+                break
         return b"".join(out)
+
+    def _take_trailers(self, buffer: bytearray) -> bool:
+        """Consume the trailer section once it is all there; its fields are checked and
+        dropped (HTTP/1.1 downstream has no place for them)."""
+        if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
+            del buffer[:1 if buffer[:1] == b"\n" else 2]
+            return True
+        end = _BLANK_LINE.search(buffer, self._searched)
+        if end is None:
+            if len(buffer) > MAX_HEAD:
+                raise UpstreamReset(f"trailer section larger than {MAX_HEAD} bytes")
+            self._searched = max(0, len(buffer) - 2)
+            return False
+        for line in _lines(bytes(buffer[:end.start() + 1])):
+            _field(line)
+        del buffer[:end.end()]
+        return True
 
 
 class UpstreamPool:
