@@ -1,9 +1,9 @@
 """The proxy leg: HTTP/1.1 to upstreams on plain trio streams, and a keep-alive pool.
 
 Chosen by measurement (docs/performance.md, "Upstream codec vs h11"): h11 on the upstream leg
-costs measurably more per proxied request than this module. What the proxy leg needs is
-narrow — write a request whose headers the server side already validated, then frame one
-response — so this module does exactly that:
+costs about 60 µs more CPU per proxied request than this module, some 12% of the gateway's
+throughput. What the proxy leg needs is narrow — write a request whose headers the server side
+already validated, then frame one response — so this module does exactly that:
 
 - the request head is written as bytes; a body is passed through as is (Content-Length) or
   chunk-encoded (when the client sent it chunked);
@@ -119,13 +119,20 @@ class Connection:
         buffer = self.buffer
         searched = 0
         while True:
-            # What cannot become a status line is refused at once, not after MAX_HEAD bytes
-            # or a timeout (an SSH banner, a blank line).
-            if buffer[:5] != b"HTTP/"[:len(buffer)]:
-                line = bytes(buffer[:100]).split(b"\n", 1)[0]
-                raise UpstreamReset(f"invalid status line from upstream: {line!r}")
-            end = _BLANK_LINE.search(buffer, searched)
-            if end is None:
+            # The head ends at its first empty line, after CRLF or a bare LF (§2.2); two
+            # finds cost less than a regular expression on this, the hot path.
+            end = buffer.find(b"\n\r\n", searched)
+            bare = buffer.find(b"\n\n", searched, len(buffer) if end < 0 else end + 1)
+            if bare >= 0:
+                end, skip = bare, 2
+            else:
+                skip = 3
+            if end < 0:
+                # What cannot become a status line is refused at once, not after MAX_HEAD
+                # bytes or a timeout (an SSH banner, a blank line).
+                if buffer[:5] != b"HTTP/"[:len(buffer)]:
+                    line = bytes(buffer[:100]).split(b"\n", 1)[0]
+                    raise UpstreamReset(f"invalid status line from upstream: {line!r}")
                 if len(buffer) > MAX_HEAD:
                     raise UpstreamReset(f"response head larger than {MAX_HEAD} bytes")
                 if self.eof:
@@ -133,10 +140,10 @@ class Connection:
                 searched = max(0, len(buffer) - 2)
                 await self.receive()
                 continue
-            if end.start() > MAX_HEAD:
+            if end > MAX_HEAD:
                 raise UpstreamReset(f"response head larger than {MAX_HEAD} bytes")
-            raw = bytes(buffer[:end.start() + 1])
-            del buffer[:end.end()]
+            raw = bytes(buffer[:end + 1])
+            del buffer[:end + skip]
             searched = 0
             head = _parse_head(raw, method)
             if head is not None:
