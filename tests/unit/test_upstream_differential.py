@@ -152,7 +152,7 @@ BAD_VALUES = [b"a\x00b", b"a\rb", b"a\x0bb", b"5, 6", b"-5", b"+5", b"0x5", b"gz
 
 
 @st.composite
-def field_lines(draw: st.DrawFn, clean: bool, framing: list[bytes] = []) -> bytes:  # noqa: B006
+def field_lines(draw: st.DrawFn, clean: bool, framing: tuple[bytes, ...] = ()) -> bytes:
     lines = list(framing)
     for _ in range(draw(st.integers(0, 5))):
         name = pick(draw, clean, NAMES, BAD_NAMES)
@@ -227,7 +227,7 @@ def responses(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
             fields.insert(draw(st.integers(0, 1)), b"Content-Length: %d" % len(data))
         body = draw(chunked_body(clean))
     raw = b"".join(parts) + status_line(draw, clean, codes) + draw(
-        field_lines(clean, fields)) + body
+        field_lines(clean, tuple(fields))) + body
     if draw(st.integers(0, 5)) == 0:
         raw = raw[:draw(st.integers(0, len(raw)))]  # cut short by a close
     raw += pick(draw, True, [b""] * 6 + [b"x", b"HTTP/1.1 200 OK\r\n\r\n"], [])
