@@ -67,11 +67,24 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._json(404, {"error": "not found", "path": url.path})
 
     def _echo(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         self._json(200, {"method": self.command, "path": self.path,
                          "headers": dict(self.headers.items()),
                          "body": body.decode("utf-8", errors="replace")})
+
+    def _body(self) -> bytes:
+        """The request body, by Content-Length or chunked: a server that ignored chunked
+        framing would read the chunks as requests of their own."""
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields
+        return b"".join(chunks)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _echo  # noqa: N815
 

@@ -221,7 +221,12 @@ async def test_a_chunked_body_goes_upstream_chunked_with_no_content_length(gatew
                    if line.lower().startswith((b"content-length", b"transfer-encoding"))]
         assert framing == [b"transfer-encoding: chunked"]
         assert body == encode_chunk(b"hello") + LAST_CHUNK
+        # An upstream that ignores Transfer-Encoding would read the chunks as requests of their
+        # own: the connection is told to close, and is not used again.
+        assert b"connection: close" in [line.lower() for line in lines]
         await assert_victim_is_served_alone(gateway)
+        [chunked, victim] = gateway.upstream.data_connections
+        assert chunked == raw and victim.startswith(b"GET /victim ")
 
 
 @pytest.mark.parametrize("headers", [

@@ -123,6 +123,15 @@ async def test_the_built_in_demo_shows_the_whole_life_cycle(tmp_path):
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
                 hello = (await http.get("/services/demo/")).json()
                 assert hello["hello"] == "from the demo service"
+
+                async def chunks():
+                    yield b"first "
+                    yield b"second"
+
+                # A chunked upload is read as such by the demo (it goes upstream chunked).
+                echoed = (await http.post("/services/demo/echo", content=chunks())).json()
+                assert (echoed["body"], echoed["headers"]["transfer-encoding"]) == (
+                    "first second", "chunked")
                 services = (await http.get("/v1/services")).json()["services"]
                 assert services[0]["serviceId"] == "demo"
                 assert services[0]["state"] == "READY"

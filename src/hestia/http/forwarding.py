@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from ..errors import BadFraming, BodyTooLarge
 
 __all__ = [
+    "CONNECTION_CLOSE",
     "HOP_BY_HOP",
     "KEY_CARRIERS",
     "KEY_MARK",
@@ -52,6 +53,7 @@ BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
 
 Headers = list[tuple[bytes, bytes]]
 CHUNKED = (b"transfer-encoding", b"chunked")
+CONNECTION_CLOSE = (b"connection", b"close")  # sent with every chunked request (http/proxy.py)
 
 
 class Framing(NamedTuple):

@@ -45,6 +45,7 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import LocalAnswer, NoRoute, RequestContext
 from .forwarding import (
+    CONNECTION_CLOSE,
     FRAMING,
     HOP_BY_HOP,
     carries_key,
@@ -180,7 +181,7 @@ class _Exchange:
 
     __slots__ = ("request_id", "service", "status", "response_started", "finished", "body_bytes",
                  "total_deadline", "first_byte_deadline", "sent_at", "backend", "route",
-                 "request_sent")
+                 "reuse_connection")
 
     def __init__(self, request_id: str, service: str | None) -> None:
         self.request_id = request_id
@@ -194,9 +195,9 @@ class _Exchange:
         self.sent_at = 0.0
         self.backend = service  # the backend's id (`<service>@<backend>` with several)
         self.route: str | None = None  # why the strategy chose it (several backends only)
-        # The request's head and whole body went upstream as framed. Only then, and once the
-        # response was read to its end, may the connection serve another request.
-        self.request_sent = False
+        # The request's head and whole body went upstream as framed, by Content-Length. Only
+        # then, and once the response was read to its end, may the connection serve another.
+        self.reuse_connection = False
 
 
 class _IgnoreRules:
@@ -263,6 +264,8 @@ class ProxyHandler:
                 proto=scope.get("scheme", "http").encode())
             if framing.header is not None:
                 upstream_headers.append(framing.header)
+                if framing.length is None:
+                    upstream_headers.append(CONNECTION_CLOSE)  # see `_send_request`
             body = _ClientBody(receive, framing.length, limits.max_body_size)
             supervisor = route.single
             if supervisor is not None:  # the hot path: no strategy, no extra call
@@ -565,10 +568,11 @@ class ProxyHandler:
                             exchange: _Exchange, *, retryable: bool, fresh: bool = False,
                             ) -> Connection:
         """A connection on which the request (head and body) has been sent, or as much of it
-        as the upstream took before it answered early (`exchange.request_sent` says which).
+        as the upstream took before it answered early (`exchange.reuse_connection` is set only
+        when the whole body went out, framed by its length).
         Raises `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset`, `BadFraming`,
         `BodyTooLarge` or `_ClientGone`, having closed the connection."""
-        exchange.request_sent = False
+        exchange.reuse_connection = False
         chunked = body.length is None
         connect_timeout = supervisor.config.timeouts.connect
         pool = supervisor.pool
@@ -592,7 +596,10 @@ class ProxyHandler:
                     await conn.send(encode_chunk(data) if chunked else data)
                 if chunked:
                     await conn.send(LAST_CHUNK)
-                exchange.request_sent = True
+                # A chunked request never leaves its connection to another one: an upstream
+                # that ignores Transfer-Encoding (http.server-based ones do) reads the chunks
+                # as requests of their own, whose answers would go to the next client.
+                exchange.reuse_connection = not chunked
             except (trio.BrokenResourceError, OSError):
                 pass  # the upstream may have answered early (413, 401) and closed: read that
         except BaseException:
@@ -603,9 +610,9 @@ class ProxyHandler:
 
 async def _give_back(supervisor: Supervisor, conn: Connection, exchange: _Exchange) -> None:
     """After a response read to its end: the connection goes back to the pool only when the
-    request also went out whole. Bytes of a request body still owed would otherwise be read by
-    the upstream as the start of the next client's request."""
-    if exchange.request_sent:
+    request also went out whole, framed by its length. Bytes of a request body still owed would
+    otherwise be read by the upstream as the start of the next client's request."""
+    if exchange.reuse_connection:
         await supervisor.pool.release(conn)
     else:
         await conn.aclose()
