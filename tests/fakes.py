@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import trio
+import trio.testing
 
 from hestia.config import ServiceConfig
 from hestia.errors import StartFailed
@@ -121,3 +122,24 @@ class SlowPool:
     async def clear(self) -> None:
         self.cleared.append(trio.current_time())
         await trio.sleep(self.close_s)
+
+
+class MemoryUpstream:
+    """An upstream on in-memory streams, for `UpstreamPool.open_stream`: each connection is
+    served by `_serve` in `run`'s nursery, so tests of the proxy run in virtual time."""
+
+    connections = 0
+
+    async def open(self, host: str, port: int) -> trio.abc.Stream:
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.connections += 1
+        self._nursery.start_soon(self._serve, theirs)
+        return ours
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as self._nursery:
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _serve(self, stream: trio.testing.StapledStream) -> None:
+        raise NotImplementedError

@@ -14,7 +14,6 @@ import httpx
 import trio
 
 from .config import (
-    BACKEND_SEPARATOR,
     Config,
     RouteConfig,
     StrategyCheck,
@@ -28,8 +27,7 @@ from .gateway import CLI_KEY_FILE, DB_NAME, run
 from .http.auth import SCOPES, hash_key, new_key
 from .http.hypercorn_fixes import HypercornChanged
 from .observability import configure_logging
-from .routing.router import load_registry
-from .routing.strategy import StrategyError
+from .routing.router import load_registry, strategy_errors
 from .semaphore.hub import SemaphoreHub
 from .store import Store, StoreError
 
@@ -98,15 +96,7 @@ def _strategy_errors(directory: Path,
         registry = load_registry(directory)
     except ConfigError as exc:
         return exc.errors
-    errors = []
-    for service, route in routes.items():
-        if len(route.backends) > 1:
-            try:
-                registry.create(route.strategy.name, route.strategy.options,
-                                [b.partition(BACKEND_SEPARATOR)[2] for b in route.backends])
-            except StrategyError as exc:
-                errors.append((f"services.{service}.strategy", str(exc)))
-    return errors
+    return strategy_errors(routes, registry)
 
 
 async def _check_semaphore(config: Config) -> tuple[list[tuple[str, str]], str | None]:

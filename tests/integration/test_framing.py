@@ -31,6 +31,8 @@ VICTIM = (b"GET /services/rec/victim HTTP/1.1\r\nHost: gateway\r\n"
 
 @pytest.fixture
 async def gateway(nursery, start_gateway):
+    """The real gateway with one service, `rec`, in front of a `RecordingUpstream` (as
+    `.upstream`)."""
     upstream: RecordingUpstream = await nursery.start(RecordingUpstream().run)
     gw = await start_gateway(services={"rec": {
         "upstream": f"http://127.0.0.1:{upstream.port}", "launcher": {"external": {}},
@@ -312,12 +314,7 @@ def client_messages(draw) -> bytes:
     return request(draw(st.sampled_from([b"POST", b"PUT", b"GET"])), headers, body, version)
 
 
-async def test_random_client_framings_never_put_two_requests_upstream(nursery, start_gateway):
-    upstream: RecordingUpstream = await nursery.start(RecordingUpstream().run)
-    gw = await start_gateway(services={"rec": {
-        "upstream": f"http://127.0.0.1:{upstream.port}", "launcher": {"external": {}},
-        "readiness": {"tcp": True}, "idle_timeout": 0}})
-    gw.upstream = upstream
+async def test_random_client_framings_never_put_two_requests_upstream(gateway):
     seen: list[bytes] = []
 
     # Hypothesis runs each example synchronously; each one gets a trio run of its own against
@@ -329,7 +326,7 @@ async def test_random_client_framings_never_put_two_requests_upstream(nursery, s
     @given(client_messages())
     def check(message: bytes) -> None:
         seen.append(message)
-        trio.from_thread.run(partial(_one_example, gw, message), trio_token=token)
+        trio.from_thread.run(partial(_one_example, gateway, message), trio_token=token)
 
     with trio.fail_after(240):
         await trio.to_thread.run_sync(check)

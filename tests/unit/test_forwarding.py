@@ -15,7 +15,7 @@ import trio.testing
 from hestia.errors import BadFraming, BodyTooLarge
 from hestia.http.forwarding import forwarded_headers, request_framing
 from hestia.http.proxy import ProxyHandler
-from tests.fakes import FakeLauncher, supervisor
+from tests.fakes import FakeLauncher, MemoryUpstream, supervisor
 
 
 def scope(headers: list[tuple[bytes, bytes]], *, method: str = "POST", version: str = "1.1",
@@ -101,24 +101,12 @@ def test_forwarding_headers_are_hestias_own_and_underscored_lookalikes_are_dropp
                    (b"x-request-id", b"rid")]
 
 
-class EarlyAnswerUpstream:
+class EarlyAnswerUpstream(MemoryUpstream):
     """Answers as soon as it has a request's head, complete and kept alive, and then reads no
     more of that connection: the rest of the request body cannot be sent."""
 
     def __init__(self) -> None:
-        self.connections = 0
         self.answered = trio.Event()
-
-    async def open(self, host: str, port: int) -> trio.abc.Stream:
-        ours, theirs = trio.testing.memory_stream_pair()
-        self.connections += 1
-        self._nursery.start_soon(self._serve, theirs)
-        return ours
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as self._nursery:
-            task_status.started()
-            await trio.sleep_forever()
 
     async def _serve(self, stream: trio.testing.StapledStream) -> None:
         data = b""

@@ -9,25 +9,15 @@ import trio
 import trio.testing
 
 from hestia.http.proxy import ProxyHandler
-from tests.fakes import FakeLauncher, supervisor
+from tests.fakes import FakeLauncher, MemoryUpstream, supervisor
 
 
-class SlowStreamUpstream:
+class SlowStreamUpstream(MemoryUpstream):
     """Answers any request with a chunked body, one chunk a second, until closed."""
 
     def __init__(self) -> None:
         self.closed_at: float | None = None
         self.chunks_sent = 0
-
-    async def open(self, host: str, port: int) -> trio.abc.Stream:
-        ours, theirs = trio.testing.memory_stream_pair()
-        self._nursery.start_soon(self._serve, theirs)
-        return ours
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as self._nursery:
-            task_status.started()
-            await trio.sleep_forever()
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         data = b""
@@ -97,23 +87,12 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_and_releases_the_
     assert sup.state.name == "COLD"
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(MemoryUpstream):
     """Answers every request on every connection with the same raw response."""
 
     def __init__(self, response: bytes) -> None:
         self.response = response
         self.connections = 0
-
-    async def open(self, host: str, port: int) -> trio.abc.Stream:
-        ours, theirs = trio.testing.memory_stream_pair()
-        self.connections += 1
-        self._nursery.start_soon(self._serve, theirs)
-        return ours
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as self._nursery:
-            task_status.started()
-            await trio.sleep_forever()
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         pending = b""

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import trio
 
-from ..config import BACKEND_SEPARATOR, Config, StrategyConfig
+from ..config import BACKEND_SEPARATOR, Config, RouteConfig, StrategyConfig
 from ..errors import ConfigError
 from ..lifecycle.leases import State
 from ..lifecycle.supervisor import Supervisor
@@ -38,7 +38,7 @@ from .strategy import (
     load_plugins,
 )
 
-__all__ = ["PROBE_EVERY", "Route", "build_routes", "check_strategies", "load_registry"]
+__all__ = ["PROBE_EVERY", "Route", "build_routes", "load_registry", "strategy_errors"]
 
 log = structlog.get_logger("hestia.routing")
 
@@ -139,19 +139,19 @@ def load_registry(directory: Path) -> Registry:
     return registry
 
 
-def check_strategies(config: Config, registry: Registry) -> None:
-    """Make every service's strategy once, as the gateway will (for `hestia check`). Raises
-    `ConfigError` listing every one that cannot be made."""
+def strategy_errors(routes: Mapping[str, RouteConfig],
+                    registry: Registry) -> list[tuple[str, str]]:
+    """Make every service's strategy once, as the gateway will (for `hestia check`): the
+    `(path, message)` of each one that cannot be made."""
     errors: list[tuple[str, str]] = []
-    for service, route in config.routes.items():
+    for service, route in routes.items():
         if len(route.backends) > 1:
             try:
                 registry.create(route.strategy.name, route.strategy.options,
                                 [b.partition(BACKEND_SEPARATOR)[2] for b in route.backends])
             except StrategyError as exc:
                 errors.append((f"services.{service}.strategy", str(exc)))
-    if errors:
-        raise ConfigError(errors)
+    return errors
 
 
 def build_routes(config: Config, supervisors: Mapping[str, Supervisor],
