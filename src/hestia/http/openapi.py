@@ -268,7 +268,8 @@ def _op(operation_id: str, summary: str, responses: dict[str, Any], *,
     if body is not None:
         op["requestBody"] = {"required": True,
                              "content": {JSON: {"schema": _ref(body)}}}
-        op["responses"].setdefault("413", TOO_LARGE)
+    # Every route reads (and bounds) a body before it acts, whether it takes one or not.
+    op["responses"].setdefault("413", TOO_LARGE)
     if not secured:
         op["security"] = []
     return op
