@@ -7,7 +7,8 @@ Shared by the HTTP proxy and the WebSocket proxy, so that one set of rules decid
   `Content-Length`, or an HTTP/1.0 request with `Transfer-Encoding`, is refused (`BadFraming`,
   400, connection closed): a server and an upstream could each read its length differently, and
   the difference is a request smuggled onto a pooled connection. A chunked body goes upstream
-  chunked with no `Content-Length`; a `Content-Length` body with exactly one `Content-Length`.
+  chunked with no `Content-Length` and with `Connection: close` (its connection is never pooled:
+  see http/proxy.py); a `Content-Length` body with exactly one `Content-Length`.
 - **Headers** (`forwarded_headers`): hop-by-hop headers (and whatever `Connection` names) are
   dropped; so are names with `_` that a server could read as one of those (CGI and WSGI map
   `Transfer_Encoding` to `TRANSFER_ENCODING`). `X-Forwarded-For/-Proto/-Host` and `X-Request-ID`
