@@ -22,6 +22,17 @@ async def hold(sup: Supervisor, seconds: float, grants: Grants, name: str) -> No
         await trio.sleep(seconds)
 
 
+async def hold_all(sup: Supervisor, count: int, seconds: float) -> Grants:
+    """`count` clients, named "0", "1" …, arrive in that order and each hold a lease for
+    `seconds`; returns once all are done."""
+    granted: Grants = []
+    async with trio.open_nursery() as clients:
+        for index in range(count):
+            clients.start_soon(hold, sup, seconds, granted, str(index))
+            await trio.lowlevel.checkpoint()
+    return granted
+
+
 def in_grant_order(grants: Grants) -> list[tuple[str, float]]:
     """(name, time) of each lease in the order the leases were granted: tasks woken in the
     same instant run in any order, a lease's serial says which was granted first."""
@@ -162,11 +173,7 @@ async def test_revoked_leases_give_their_slots_to_the_next_backend(nursery, auto
 async def test_zero_means_no_cap(nursery, autojump_clock):
     sup = supervisor(FakeLauncher(start_s=1), max_connections=0, queue={"max": 500})
     await nursery.start(sup.run)
-    granted: Grants = []
-    async with trio.open_nursery() as clients:
-        for index in range(300):
-            clients.start_soon(hold, sup, 10, granted, str(index))
-            await trio.lowlevel.checkpoint()
+    granted = await hold_all(sup, 300, 10)
     assert in_grant_order(granted) == [(str(index), 1.0) for index in range(300)]
 
 
@@ -174,11 +181,7 @@ async def test_the_default_is_32(nursery, autojump_clock):
     sup = supervisor(FakeLauncher(start_s=1), queue={"max": 100})
     assert sup.config.max_connections == 32
     await nursery.start(sup.run)
-    granted: Grants = []
-    async with trio.open_nursery() as clients:
-        for index in range(40):
-            clients.start_soon(hold, sup, 10, granted, str(index))
-            await trio.lowlevel.checkpoint()
+    granted = await hold_all(sup, 40, 10)
     assert [at for _, _, at in sorted(granted)] == [1.0] * 32 + [11.0] * 8
 
 

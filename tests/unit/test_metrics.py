@@ -164,17 +164,17 @@ def test_gauges_read_the_supervisors_at_scrape_time():
     assert value(samples, "hestia_queue_depth", service="llm") == 0
 
 
+async def hold_until(sup: Supervisor, done: trio.Event) -> None:
+    async with sup.lease():
+        await done.wait()
+
+
 async def test_gauges_follow_a_backend_through_its_start(nursery, autojump_clock):
     sup = supervisor(FakeLauncher(start_s=2))
     metrics = Metrics({"echo": sup})
     await nursery.start(sup.run)
     done = trio.Event()
-
-    async def hold() -> None:
-        async with sup.lease():
-            await done.wait()
-
-    nursery.start_soon(hold)
+    nursery.start_soon(hold_until, sup, done)
     await trio.sleep(1)
     samples = scrape(metrics)
     assert value(samples, "hestia_backend_state", service="echo", state="STARTING") == 1
@@ -199,13 +199,8 @@ async def test_connection_slots_and_the_requests_waiting_for_one_are_gauged(
     metrics = Metrics({"echo": sup})
     await nursery.start(sup.run)
     done = trio.Event()
-
-    async def hold() -> None:
-        async with sup.lease():
-            await done.wait()
-
     for _ in range(3):
-        nursery.start_soon(hold)
+        nursery.start_soon(hold_until, sup, done)
     await trio.sleep(2)
     samples = scrape(metrics)
     assert value(samples, "hestia_max_connections", service="echo") == 2
