@@ -104,6 +104,8 @@ __all__ = [
 ]
 
 _SERVICE_ID = SERVICE_ID
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _backend_path = backend_path
 _submodel = submodel
 
@@ -346,6 +348,28 @@ class ServiceConfig(_HasUpstream):
     on_restart: Literal["stop", "adopt"] = "stop"
     """What to do at start with a backend process a previous Hestia launched and left behind
     (it was killed): stop it (default), or adopt it when it still passes its readiness probe."""
+    hosts: list[str] = []
+    """Host names that reach this service with the path unchanged, besides
+    `<id>.<service_domain>` (matched case-insensitively, port ignored)."""
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        names = [h.strip().strip(".").lower() for h in value]
+        bad = [h for h in names if not _HOST_NAME.match(h)]
+        if bad:
+            raise ValueError(f"not a host name: {', '.join(map(repr, bad))} (no scheme, port "
+                             "or path: e.g. notebook.example.net)")
+        return names
+
+    preserve_host: bool = False
+    """Send the client's `Host` upstream instead of the upstream's own (for apps that check
+    it against `Origin`)."""
+    rewrite_cookie_path: bool = False
+    """On path routes, give each `Set-Cookie` with `Path=/…` the `/services/<id>` prefix."""
+    waiting_page: bool = True
+    """A browser navigation to this service while it is not READY gets an HTML page that
+    follows the start and reloads into the app (other requests are held as always)."""
     shared_upstream: bool = False
     """This service's upstream address (host and port) is another service's too, on purpose
     (several services in front of one server): without it on each of them, `hestia check`
@@ -376,6 +400,9 @@ class Config(_Model):
     `backends` (expanded at load; `routes` says which belong to which service)."""
     routes: dict[str, RouteConfig] = {}
     """Computed at load from `services`: never write it."""
+    service_domain: str | None = None
+    """Serve each service at `<id>.<service_domain>` too, with its path unchanged (`localhost`
+    needs no DNS: browsers resolve `*.localhost` to loopback)."""
     strategies_dir: Path = Path("strategies")
     """Where routing strategy plugins are loaded from (`*.py`; relative to the working
     directory; a missing directory loads nothing)."""
@@ -401,6 +428,28 @@ class Config(_Model):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> Config:
+        owner: dict[str, str] = {}
+        for sid, service in self.services.items():
+            service_id = sid.split(BACKEND_SEPARATOR, 1)[0]
+            for host in service.hosts:
+                if owner.setdefault(host, service_id) != service_id:
+                    raise ValueError(f"services.{service_id}.hosts: {host!r} is already a host "
+                                     f"of {owner[host]!r}")
+        return self
+
+    @field_validator("service_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().strip(".").lower()
+        if not _HOST_NAME.match(value):
+            raise ValueError("service_domain must be a host name such as localhost or "
+                             "apps.example.net")
+        return value
 
     @field_validator("listen")
     @classmethod
