@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .browser import BROWSER_PREFIX
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["PREFIX", "Address", "Addressing"]
 
@@ -59,6 +62,12 @@ class Addressing:
             self._hosts.update({f"{sid.lower()}.{service_domain}": sid for sid in self.services})
         for sid, names in (hosts or {}).items():
             self._hosts.update({name.lower(): sid for name in names})
+
+    @classmethod
+    def from_config(cls, config: Config) -> Addressing:
+        return cls(config.routes, {sid: config.services[route.backends[0]].hosts
+                                   for sid, route in config.routes.items()},
+                   config.service_domain)
 
     @property
     def by_host(self) -> bool:
