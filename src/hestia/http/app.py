@@ -23,6 +23,7 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import Registry, default_registry
 from ..store import Store
+from .addressing import Addressing
 from .body import read_body
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
@@ -30,6 +31,7 @@ from .openapi import openapi_blueprint
 from .proxy import PREFIX, ProxyHandler
 from .semaphore_api import semaphore_blueprint
 from .status import service_status
+from .waiting import waiting_blueprint
 from .websocket import WebSocketProxy
 
 __all__ = ["create_app"]
@@ -40,13 +42,15 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
                events: EventBus | None = None, metrics: Metrics | None = None,
                store: Store | None = None, shutdown: trio.Event | None = None,
                routes: Mapping[str, Route] | None = None,
-               registry: Registry | None = None) -> QuartTrio:
+               registry: Registry | None = None,
+               addressing: Addressing | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors (each its own route
     unless `routes` says which serve which service)."""
     machines = machines or Machines()
     if routes is None:
         routes = {name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
     registry = registry or default_registry()
+    addressing = addressing or Addressing(routes)
     events = events or EventBus()
     metrics = metrics or Metrics(supervisors)
     app = QuartTrio("hestia", static_folder=None)
@@ -86,6 +90,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     app.register_blueprint(observe_blueprint(events, metrics, store))
     app.register_blueprint(dispatch_blueprint(proxy))
     app.register_blueprint(openapi_blueprint())
+    app.register_blueprint(waiting_blueprint(supervisors, routes, addressing, events))
 
     @app.before_request
     async def _request_id() -> None:
