@@ -45,6 +45,7 @@ from .config import BACKEND_SEPARATOR, Config, upstream_warnings
 from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
+from .http.addressing import Addressing
 from .http.app import create_app
 from .http.auth import AuthGate, hash_key, new_key
 from .launchers import make_launcher
@@ -222,7 +223,8 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
     events.add_listener(store.record_event)
     shutdown = trio.Event()
     app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store,
-                          shutdown=shutdown, routes=routes, registry=registry)
+                          shutdown=shutdown, routes=routes, registry=registry,
+                          addressing=Addressing.from_config(config))
     if config.auth.enabled:
         app = AuthGate(app, config, store)
     async with trio.open_nursery() as root:

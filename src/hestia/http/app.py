@@ -28,7 +28,7 @@ from .body import read_body
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
 from .openapi import openapi_blueprint
-from .proxy import PREFIX, ProxyHandler
+from .proxy import ProxyHandler
 from .semaphore_api import semaphore_blueprint
 from .status import service_status
 from .waiting import waiting_blueprint
@@ -58,17 +58,19 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     # connection: API bodies are bounded by `read_body` instead, which drains (body.py).
     app.config["MAX_CONTENT_LENGTH"] = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    proxy = ProxyHandler(supervisors, metrics, routes)
-    websockets = WebSocketProxy(supervisors, shutdown, routes)
+    proxy = ProxyHandler(supervisors, metrics, routes, addressing)
+    websockets = WebSocketProxy(supervisors, shutdown, routes, addressing)
     quart_asgi = app.asgi_app
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (scope.get("raw_path") or b"").startswith(PREFIX):
-            if scope["type"] == "http":
-                await proxy(scope, receive, send)
-                return
-            if scope["type"] == "websocket":
-                await websockets(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            # A service's (by path or host name), or an unknown name under service_domain: the
+            # proxy's, which answers the latter 404. The rest (the gateway's own host, and
+            # `/__hestia/` on every host) goes through Quart's routing.
+            address = addressing.resolve(scope)
+            if address.proxied or address.unknown_host is not None:
+                await (proxy if kind == "http" else websockets)(scope, receive, send)
                 return
         await quart_asgi(scope, receive, send)
 

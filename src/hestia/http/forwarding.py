@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..errors import BadFraming, BodyTooLarge
+from .rewrite import Rewrite
 
 __all__ = [
     "CONNECTION_CLOSE",
@@ -44,7 +45,7 @@ HOP_BY_HOP = frozenset({
 # Set by Hestia on every forwarded request; a client's own are dropped (X-Forwarded-For is
 # extended, not replaced).
 OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                 b"x-request-id", b"host"})
+                 b"x-forwarded-prefix", b"x-request-id", b"host"})
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 KEY_CARRIERS = frozenset({b"x-api-key", b"authorization"})
 KEY_MARK = b"hestia_"  # every key starts so (auth.new_key)
@@ -157,17 +158,26 @@ def forwarded_headers(scope: dict[str, Any], request_id: str, *, drop: frozenset
 _dropped: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
-def response_headers(headers: Headers, request_id: str) -> Headers:
-    """The upstream's end-to-end response headers, with Hestia's request id."""
+def response_headers(headers: Headers, request_id: str, rewrite: Rewrite | None = None,
+                     ) -> Headers:
+    """The upstream's end-to-end response headers, with Hestia's request id, and those that
+    name the upstream's address rewritten to name the gateway's (http/rewrite.py)."""
     # The client sees the request id Hestia logged, whatever the upstream says.
     dropped = connection_dropped(headers) | {b"x-request-id"}
-    event_stream = accel = False
+    event_stream = accel = rewritten = False
     for name, value in headers:
         if name == b"content-type":
             event_stream = value[:17].lower() == b"text/event-stream"
         elif name == b"x-accel-buffering":
             accel = True
-    out = [(name, value) for name, value in headers if name not in dropped]
+        elif rewrite is not None and rewrite.wanted(name):
+            rewritten = True
+    if rewritten:
+        assert rewrite is not None
+        out = [(name, rewrite.header(name, value) if rewrite.wanted(name) else value)
+               for name, value in headers if name not in dropped]
+    else:
+        out = [(name, value) for name, value in headers if name not in dropped]
     out.append((b"x-request-id", request_id.encode()))
     if event_stream and not accel:
         # A reverse proxy in front of Hestia (nginx) must not hold back events either.

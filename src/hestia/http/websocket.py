@@ -23,9 +23,9 @@ trio-websocket one upstream message, each at most `limits.max_message_size`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote
 
 import h11
 import structlog
@@ -51,8 +51,10 @@ from ..errors import (
 from ..lifecycle.supervisor import Lease, Supervisor
 from ..observability import request_id_from
 from ..routing.router import Route
+from .addressing import Addressing
 from .forwarding import HOP_BY_HOP, forwarded_headers
-from .proxy import PREFIX, acquire_watching, check_header_size, request_context
+from .proxy import acquire_watching
+from .request import check_header_size, request_context
 
 __all__ = ["WebSocketProxy"]
 
@@ -96,10 +98,12 @@ class WebSocketProxy:
 
     def __init__(self, supervisors: Mapping[str, Supervisor],
                  shutdown: trio.Event | None = None,
-                 routes: Mapping[str, Route] | None = None) -> None:
+                 routes: Mapping[str, Route] | None = None,
+                 addressing: Addressing | None = None) -> None:
         self.supervisors = supervisors
         self.routes = routes if routes is not None else {
             name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
+        self.addressing = addressing or Addressing(self.routes)
         # Set when the gateway shuts down: open sockets are closed with 1001 then, instead of
         # holding up the graceful shutdown for its whole grace period.
         self.shutdown = shutdown if shutdown is not None else trio.Event()
@@ -107,30 +111,30 @@ class WebSocketProxy:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = trio.current_time()
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        service_id, _, rest = raw_path[len(PREFIX):].partition(b"/")
-        name = service_id.decode("latin-1")
-        if "%" in name:
-            name = unquote(name)
+        address = self.addressing.resolve(scope)
+        name = address.service
         request_id = request_id_from(scope["headers"])
         relay = _Relay()
         outcome: str | None = None
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            route = self.routes.get(name)
+            route = self.routes.get(name) if name is not None else None
             if route is None:
-                raise UnknownService(f"no service named {name!r}", service=name,
+                raise UnknownService(
+                    f"no service named {name!r}" if name is not None else
+                    f"no service at the host name {address.unknown_host!r}", service=name,
                                      services=sorted(self.routes))
             supervisor = route.single
             if supervisor is None:  # several backends: the strategy picks (without a body)
-                supervisor, _ = route.pick(request_context(scope, rest))
+                supervisor, _ = route.pick(request_context(scope, address.path))
             limits = supervisor.config.limits
             if limits.max_header_size:
                 check_header_size(scope, limits.max_header_size)
             lease = supervisor.acquire_nowait() or await _wait_for_lease(supervisor, receive)
             try:
-                lease = await self._proxy(supervisor, lease, scope, receive, send, rest,
-                                          request_id, relay)
+                lease = await self._proxy(supervisor, lease, scope, receive, send,
+                                          address.path, request_id, relay)
             finally:
                 supervisor.release(lease)
         except GatewayError as error:
@@ -146,19 +150,26 @@ class WebSocketProxy:
                  duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome)
 
     async def _proxy(self, supervisor: Supervisor, lease: Lease, scope: dict[str, Any],
-                     receive: Any, send: Any, rest: bytes, request_id: str,
+                     receive: Any, send: Any, path: bytes, request_id: str,
                      relay: _Relay) -> Lease:
         """Connect upstream, accept the client, relay until either side closes. Returns the
         lease it holds at the end (a passive one under `activity.websockets: ignore`)."""
         placement = supervisor.placement
         query = scope.get("query_string", b"")
-        resource = (placement.prefix + b"/" + rest + (b"?" + query if query else b"")).decode(
+        resource = (placement.prefix + path + (b"?" + query if query else b"")).decode(
             "latin-1")
+        host = None
+        if supervisor.config.preserve_host:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
         refused: GatewayError | None = None
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task lives here
             try:
+                headers = _headers(scope, request_id)
+                prefix = self.addressing.resolve(scope).prefix
+                if prefix:
+                    headers.append((b"x-forwarded-prefix", prefix))
                 upstream = await _connect(nursery, supervisor, resource,
-                                          _subprotocols(scope), _headers(scope, request_id))
+                                          _subprotocols(scope), headers, host)
             except GatewayError as error:
                 # Raised in here, it would leave the nursery inside an ExceptionGroup, which
                 # `__call__` cannot answer: it is raised once the nursery is closed.
@@ -219,14 +230,14 @@ async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
 
 async def _connect(nursery: trio.Nursery, supervisor: Supervisor, resource: str,
                    subprotocols: list[str], headers: list[tuple[bytes, bytes]],
-                   ) -> WebSocketConnection:
+                   host: str | None = None) -> WebSocketConnection:
     """The upstream WebSocket, its reader task started in `nursery`. Raises
     `UpstreamUnreachable`, `UpstreamTimeout` (the whole handshake is bounded by
     `timeouts.connect`), `UpstreamReset` (the upstream closed the connection or answered
     something that is no handshake), or `_Rejected` with the upstream's own refusal."""
     placement = supervisor.placement
     timeout = supervisor.config.timeouts.connect
-    handshake = _Handshake(nursery)
+    handshake = _Handshake(nursery, host)
     upstream: WebSocketConnection | None = None
     try:
         with trio.fail_after(timeout) if timeout > 0 else trio.CancelScope(), \
@@ -265,8 +276,9 @@ class _Handshake:
     closed the connection, a TLS failure), it would leave `connect_websocket` waiting forever.
     So the reader's error is kept here and `waiting` is cancelled, which wakes `_connect`."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, host: str | None = None) -> None:
         self._nursery = nursery
+        self._host = host  # the `Host` to send (`preserve_host`), else the upstream's
         self.waiting = trio.CancelScope()
         self.done = False  # `connect_websocket` returned: the reader now belongs to the relay
         self.error: Exception | None = None
@@ -276,6 +288,13 @@ class _Handshake:
                    name: object = None) -> None:
         # The reader task is a method of the connection: kept to close it if the handshake fails.
         self.connection = getattr(fn, "__self__", None)
+        if self._host is not None and self.connection is not None:
+            # trio-websocket names the upstream in `Host` and takes no other; the request it
+            # is about to send is replaced by the same one with the client's. Private, and
+            # guarded by the test that the upstream sees the client's `Host`.
+            request = self.connection._initial_request
+            if request is not None:
+                self.connection._initial_request = dataclasses.replace(request, host=self._host)
         self._nursery.start_soon(self._read, fn, *args, name=name)
 
     async def _read(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
