@@ -31,6 +31,10 @@ HEAD gets the same status/headers with no body):
                           have no body and no Content-Length
   /cookies                200 "ok", two Set-Cookie headers (a=1; Path=/ and
                           b=2; Path=/) and X-Upstream: yes
+  /redirect?to=U&code=302&header=Location
+                          <code> with header <header>: U, where `{self}` in U
+                          stands for http://<the request's Host>
+  /set-cookie?path=P      200 "ok", Set-Cookie: s=1; Path=P; HttpOnly
   /hop                    200 "ok", Connection: X-Secret, keep-alive, X-Secret:
                           should-be-dropped, Keep-Alive: timeout=5, X-Kept: yes
   /stream?n=5&gap_ms=0&type=ndjson|sse
@@ -243,6 +247,17 @@ class Handler(BaseHTTPRequestHandler):
                                        ("Set-Cookie", "b=2; Path=/"),
                                        ("X-Upstream", "yes")])
 
+    def route_redirect(self):
+        # As an app builds its redirects: `to` as given, `{self}` standing for the
+        # scheme://host it was reached at (from its Host header); `header` picks the header.
+        to = self._arg("to", "/").replace("{self}", "http://" + self.headers.get("Host", ""))
+        self._send(int(self._arg("code", "302")), "moved",
+                   headers=[(self._arg("header", "Location"), to)])
+
+    def route_set_cookie(self):
+        self._send(200, "ok", headers=[("Set-Cookie", f"s=1; Path={self._arg('path', '/')}"
+                                                      "; HttpOnly")])
+
     def route_hop(self):
         self._send(200, "ok", headers=[("Connection", "X-Secret, keep-alive"),
                                        ("X-Secret", "should-be-dropped"),
@@ -344,9 +359,9 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-ROUTES = {"/health", "/cookies", "/hop", "/stream", "/gated", "/release", "/bytes",
-          "/slow", "/slow-body", "/crash", "/close", "/crash-mid-body", "/die-later",
-          "/close-idle"}
+ROUTES = {"/health", "/cookies", "/redirect", "/set-cookie", "/hop", "/stream", "/gated",
+          "/release", "/bytes", "/slow", "/slow-body", "/crash", "/close", "/crash-mid-body",
+          "/die-later", "/close-idle"}
 
 
 class Server(ThreadingHTTPServer):

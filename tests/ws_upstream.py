@@ -8,7 +8,8 @@ the client offers it. Every path echoes messages back (text as text, bytes as by
   /close?code=C&reason=R   closes with code C and reason R right after the handshake
   /reject?status=S&body=B  refuses the handshake with status S, the header `X-Why: refused` and
                            the body B (none without `body`)
-  /headers                 sends the handshake's request headers as one JSON text message first
+  /headers                 sends the handshake's request headers (Host first) as one JSON text
+                           message first
   any path, message "crash" the process exits with status 3 at once (no close frame)
 
 With --events, one JSON line per finished connection is appended to FILE:
@@ -57,7 +58,10 @@ async def serve(port: int, events: str | None) -> None:
                 record.update(closed_by="server", code=int(query["code"][0]))
                 return
             if parts.path == "/headers":
-                headers = [[k.decode(), v.decode()] for k, v in request.headers]
+                # wsproto keeps `Host` apart from the other headers, and trio-websocket shows
+                # only those: it is read from the handshake event itself.
+                headers = [["host", request._event.host]]
+                headers += [[k.decode(), v.decode()] for k, v in request.headers]
                 await ws.send_message(json.dumps(headers))
             while True:
                 message = await ws.get_message()
