@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -65,8 +65,7 @@ from .upstream import (
     request_head,
 )
 
-__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "acquire_watching", "check_header_size",
-           "request_context"]
+__all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "check_header_size", "request_context"]
 
 log = structlog.get_logger("hestia.proxy")
 
@@ -277,7 +276,7 @@ class ProxyHandler:
     async def _wait_for_lease(self, supervisor: Supervisor, req: ProxyRequest) -> Lease:
         body = req.body
         assert body is not None
-        lease = await acquire_watching(supervisor, body.watch)
+        lease = await supervisor.acquire_watching(body.watch)
         if body.disconnected or lease is None:
             if lease is not None:
                 supervisor.release(lease)
@@ -492,23 +491,3 @@ async def _give_back(supervisor: Supervisor, conn: Connection, req: ProxyRequest
         await supervisor.pool.release(conn)
     else:
         await conn.aclose()
-
-
-async def acquire_watching(supervisor: Supervisor,
-                           watch: Callable[[trio.CancelScope], Awaitable[None]],
-                           ) -> Lease | None:
-    """A lease (waiting in the hold queue if need be) while `watch(scope)` looks out for the
-    client leaving, and cancels `scope` when it does: then None, or a lease granted in the same
-    instant, which the caller gives back. Raises what `acquire` raises."""
-    lease: Lease | None = None
-    error: GatewayError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope)
-        try:
-            lease = await supervisor.acquire()
-        except GatewayError as exc:
-            error = exc  # raised outside the nursery, not inside an exception group
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return lease

@@ -53,7 +53,6 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from .addressing import Addressing
 from .forwarding import HOP_BY_HOP, forwarded_headers
-from .proxy import acquire_watching
 from .request import check_header_size, request_context
 
 __all__ = ["WebSocketProxy"]
@@ -220,7 +219,7 @@ async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
         left = True
         scope.cancel()
 
-    lease = await acquire_watching(supervisor, watch)
+    lease = await supervisor.acquire_watching(watch)
     if left or lease is None:
         if lease is not None:
             supervisor.release(lease)

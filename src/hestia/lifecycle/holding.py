@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -61,6 +61,25 @@ class HoldQueue:
         Pair every lease with `release()`; `lease()` does both.
         """
         return self.acquire_nowait() or await self._wait_for_lease()
+
+    async def acquire_watching(self: Supervisor,
+                               watch: Callable[[trio.CancelScope], Awaitable[None]],
+                               ) -> Lease | None:
+        """A lease (waiting in the hold queue if need be) while `watch(scope)` looks out for the
+        client leaving, and cancels `scope` when it does: then None, or a lease granted in the
+        same instant, which the caller gives back. Raises what `acquire` raises."""
+        lease: Lease | None = None
+        error: GatewayError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            try:
+                lease = await self.acquire()
+            except GatewayError as exc:
+                error = exc  # raised outside the nursery, not inside an exception group
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return lease
 
     def release(self: Supervisor, lease: Lease) -> None:
         if lease not in self._leases:
