@@ -25,6 +25,7 @@ from ..routing.strategy import Registry, default_registry
 from ..store import Store
 from .addressing import Addressing
 from .body import read_body
+from .dashboard import dashboard_blueprint
 from .dispatch import dispatch_blueprint
 from .observe_api import observe_blueprint
 from .openapi import openapi_blueprint
@@ -93,6 +94,8 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     app.register_blueprint(dispatch_blueprint(proxy))
     app.register_blueprint(openapi_blueprint())
     app.register_blueprint(waiting_blueprint(supervisors, routes, addressing, events))
+    app.register_blueprint(dashboard_blueprint(supervisors, routes, machines, addressing,
+                                               events=events, store=store))
 
     @app.before_request
     async def _request_id() -> None:
@@ -131,20 +134,6 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     @app.get("/__health")
     async def health() -> Response:
         return jsonify(status="ok", services=len(supervisors))
-
-    @app.get("/")
-    async def index() -> Response:
-        return jsonify(
-            name="hestia",
-            services={name: {"url": f"/services/{name}/",
-                             "state": route.single.state.name if route.single else None,
-                             "backends": [sup.name for sup in route.backends.values()]}
-                      for name, route in routes.items()},
-            api=["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
-                 "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
-                 "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
-                 "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
-                 "/v1/requests", "/v1/strategies", "/v1/openapi.json", "/__health"])
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:
