@@ -13,8 +13,7 @@ The gateway's own host (any name that is not a service's) keeps `/v1`, `/metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from .browser import BROWSER_PREFIX
@@ -28,8 +27,7 @@ PREFIX = b"/services/"
 _KEY = "hestia.address"
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):
     """Where a request goes. `service` None: the gateway itself (`unknown_host` set when the
     host name was under `service_domain` but named no service)."""
 
