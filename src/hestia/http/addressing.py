@@ -21,10 +21,10 @@ from .browser import BROWSER_PREFIX
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["PREFIX", "Address", "Addressing"]
+__all__ = ["ADDRESS_KEY", "PREFIX", "Address", "Addressing"]
 
 PREFIX = b"/services/"
-_KEY = "hestia.address"
+ADDRESS_KEY = "hestia.address"  # where the scope keeps its Address
 
 
 class Address(NamedTuple):
@@ -79,7 +79,7 @@ class Addressing:
         return None
 
     def resolve(self, scope: dict[str, Any]) -> Address:
-        cached: Address | None = scope.get(_KEY)
+        cached: Address | None = scope.get(ADDRESS_KEY)
         if cached is not None:
             return cached
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -88,7 +88,7 @@ class Addressing:
             address = self._by_host(scope["headers"], raw_path)
         if address is None:
             address = self._by_path(raw_path)
-        scope[_KEY] = address
+        scope[ADDRESS_KEY] = address
         return address
 
     def _by_host(self, headers: list[tuple[bytes, bytes]], raw_path: bytes) -> Address | None:

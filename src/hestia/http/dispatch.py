@@ -29,8 +29,9 @@ import trio
 from quart import Blueprint, Response, g, jsonify, request
 
 from ..errors import GatewayError, error_response
+from .addressing import ADDRESS_KEY, PREFIX, Address
 from .body import json_body
-from .proxy import PREFIX, ProxyHandler
+from .proxy import ProxyHandler
 
 __all__ = ["MAX_RESPONSE", "dispatch_blueprint"]
 
@@ -156,4 +157,7 @@ def _scope(spec: Any, request_id: str, remote: str | None,
              "raw_path": raw_path, "query_string": query.encode(), "headers": sent,
              "http_version": "1.1", "scheme": "http",
              "client": (remote or "127.0.0.1", 0), "hestia.errors": []}
+    # The service is the one named, whatever a host name would say.
+    scope[ADDRESS_KEY] = Address(spec["serviceId"], target.encode(),
+                                 prefix=PREFIX + spec["serviceId"].encode())
     return None, scope, raw
