@@ -78,7 +78,7 @@ async def test_a_cold_service_the_caller_asked_to_start_is_shown_starting(nurser
                                                                           autojump_clock):
     sup = supervisor(FakeLauncher(start_s=4))
     await nursery.start(sup.run)
-    status, _, body = waiting_response(sup, PAGE, "rid", starting=True)
+    status, _, body = waiting_response(sup, PAGE, "rid")
     words = text(body)
     assert status == 503
     assert "echo STARTING" in words and "Starting echo." in words
@@ -98,8 +98,8 @@ async def test_a_failed_start_is_told_in_words_with_a_retry_button(nursery, auto
     assert headers_of(answer)["retry-after"] == "20"  # what is left of the cool-down
     assert "echo FAILED" in words
     assert "echo could not be started." in words
-    assert ("Hestia tried 2 times to start it, and every attempt failed. The next request "
-            "starts it again in 20 s; or retry now.") in words
+    assert ("Hestia tried 2 times to start it, and every attempt failed. Requests start it "
+            "again in 20 s, or Retry does now.") in words
     assert "Attempt 2 on local (FakeLauncher), 0.0 s: port 8888 is taken &lt;by someone&gt;" in page
     assert "<by someone>" not in page
     assert '<form id="retry-form" method="post" action="/__hestia/retry/echo">' in page
@@ -114,7 +114,7 @@ async def test_a_crash_loop_shows_the_exit_status_and_the_log(nursery, autojump_
         pass
     await trio.sleep(5)
     assert sup.state is State.COLD and sup.failures_in_a_row == 1
-    words = text(waiting_response(sup, PAGE, "rid")[2])
+    words = text(waiting_response(sup, PAGE, "rid", starting=False)[2])
     assert "It stopped by itself while it was serving. The process exited with status 7." in words
     assert "The last lines of its log fake log of pid 1001" in words
 

@@ -70,13 +70,15 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 def waiting_response(supervisor: Supervisor, address: Address, request_id: str, *,
-                     query: bytes = b"", starting: bool = False) -> Answer:
+                     query: bytes = b"", starting: bool = True) -> Answer:
     """The waiting page for a navigation to `supervisor`'s service while it is not READY, as
     `(status, headers, body)`: 503, `Retry-After`, `no-store` (see the module's docstring).
+    `query` is the request's query string, for the Retry form's way back to this very URL.
 
-    It asks for nothing: the caller has asked for the start (`starting=True` says it did, so a
-    COLD backend is shown as starting). A FAILED one is best left to its cool-down and the
-    page's Retry button, so that the page can say why it failed.
+    It asks for nothing itself: the caller has asked for the start (as the proxy does for a
+    navigation), so a COLD backend is shown as starting even when its last start failed;
+    `starting=False` shows that failure instead. A FAILED one is best left to its cool-down and
+    the page's Retry button, so that the page can say why it failed.
     """
     view = page_view(supervisor, starting=starting)
     here = (address.prefix + address.path).decode("latin-1")
@@ -197,8 +199,8 @@ def failure_view(sup: Supervisor) -> dict[str, Any]:
         sentences.append(f"Machine {skip.get('machine')} was skipped: {skip.get('detail')}.")
     cooldown = sup.cooldown_remaining
     if sup.state is State.FAILED and cooldown:
-        sentences.append(f"The next request starts it again in {duration_text(cooldown)}; "
-                         "or retry now.")
+        sentences.append(f"Requests start it again in {duration_text(cooldown)}, or Retry "
+                         "does now.")
     return {
         "summary": " ".join(sentences),
         "detail": error.get("detail", ""),

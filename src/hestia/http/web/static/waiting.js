@@ -35,7 +35,14 @@
     $("elapsed").textContent = durationText(elapsed);
     const fill = $("bar-fill");
     if (view.expectedMs) {
-      fill.classList.remove("bar-unknown");
+      if (fill.classList.contains("bar-unknown")) {
+        // From the sweeping band to the measured width at once, not by a slide.
+        fill.style.transition = "none";
+        fill.classList.remove("bar-unknown");
+        fill.style.width = "0";
+        void fill.offsetWidth;
+        fill.style.transition = "";
+      }
       // Never quite full before READY says so: a start may take longer than usual.
       fill.style.width = Math.min(95, (100 * elapsed) / view.expectedMs).toFixed(1) + "%";
       $("expected").textContent = elapsed > view.expectedMs * 1.2
@@ -141,6 +148,6 @@
     }
   });
 
-  setInterval(tick, 500);
+  setInterval(tick, 250);
   tick();
 })();
