@@ -267,6 +267,10 @@ class AuthConfig(_Model):
     """When on, every route but `/__health` needs a key with the right scope."""
     forward_authorization: bool = False
     """Pass the header that carried the key on to the upstream (off: it is removed)."""
+    session_ttl: Duration = Field(default=7 * 86400.0, gt=0)
+    """How long a browser stays logged in after pasting a key on the login page (default 7
+    days, 604800 seconds; `168h` says the same), counted from the login, not from the last
+    use. A session ends sooner at logout, or within seconds when its key is revoked."""
 
 
 class SemaphoreConfig(_Model):

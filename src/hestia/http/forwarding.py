@@ -16,6 +16,9 @@ Shared by the HTTP proxy and the WebSocket proxy, so that one set of rules decid
 - **Keys**: a header carrying a Hestia API key (`X-API-Key` or `Authorization`, any value holding
   a key) never goes upstream, whatever the service's `auth`; only for a service that required
   the key, with `auth.forward_authorization`, does it pass (the auth gate marks such requests).
+  Nor does the browser session's cookie: every cookie in which `hestia_` appears (the session's
+  `hestia_session=…`, or a key pasted as a cookie) is taken out of `Cookie`, the others pass,
+  and a `Cookie` left empty is dropped. No setting lets those through.
 """
 
 from __future__ import annotations
@@ -142,6 +145,10 @@ def forwarded_headers(scope: dict[str, Any], request_id: str, *, drop: frozenset
                 out.append((name, value))
         elif b"_" in name and name.replace(b"_", b"-") in dropped:
             continue
+        elif name == b"cookie" and KEY_MARK in value:
+            value = _without_ours(value)
+            if value:
+                out.append((name, value))
         elif keep_keys or name not in KEY_CARRIERS or KEY_MARK not in value:
             out.append((name, value))
     client = scope.get("client")
@@ -156,6 +163,13 @@ def forwarded_headers(scope: dict[str, Any], request_id: str, *, drop: frozenset
 
 
 _dropped: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _without_ours(cookie: bytes) -> bytes:
+    """A `Cookie` value without the pairs in which `hestia_` appears (RFC 6265 §5.4: pairs
+    separated by `; `)."""
+    return b"; ".join(pair.strip() for pair in cookie.split(b";")
+                      if pair.strip() and KEY_MARK not in pair)
 
 
 def response_headers(headers: Headers, request_id: str, rewrite: Rewrite | None = None,
