@@ -40,6 +40,7 @@ def test_every_service_is_listed_without_javascript(serve: Serve, chromium: Brow
     gateway = serve(services={
         "notebook": upstream_service(hosts=["notebook.localhost"], idle_timeout="5m"),
         "ollama": upstream_service(machine="gpu-box"),
+        "duo": {**upstream_service(), "backends": {"a": {}, "b": {}}},
     }, machines={"gpu-box": {}})
     context = chromium.new_context(java_script_enabled=False)
     try:
@@ -48,7 +49,8 @@ def test_every_service_is_listed_without_javascript(serve: Serve, chromium: Brow
         assert response is not None and response.status == 200
         assert response.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in response.headers["content-security-policy"]
-        expect(page.locator("li.service")).to_have_count(2)
+        expect(page.locator("li.service")).to_have_count(4)
+        expect(page.locator("#summary")).to_have_text("4 services: 4 cold")
         expect(state_of(page, "notebook")).to_have_text("COLD")
         expect(state_of(page, "ollama")).to_have_text("COLD")
         # Its host name on the scheme and port the browser used; else its path route.
@@ -56,6 +58,11 @@ def test_every_service_is_listed_without_javascript(serve: Serve, chromium: Brow
         expect(notebook).to_have_attribute("href", f"http://notebook.localhost:{gateway.port}/")
         ollama = card(page, "ollama").get_by_role("link", name="ollama")
         expect(ollama).to_have_attribute("href", "/services/ollama/")
+        # Each backend of a service with several has a card of its own, linking to the service.
+        for backend in ("a", "b"):
+            duo = card(page, f"duo@{backend}")
+            expect(duo.get_by_role("heading")).to_have_text(f"duo backend {backend}")
+            expect(duo.get_by_role("link")).to_have_attribute("href", "/services/duo/")
         expect(card(page, "notebook")).to_contain_text("Cold: starts on the next request")
         expect(card(page, "notebook").locator('[data-field="idle"]')).to_have_text(
             "after 5 min 0 s idle")

@@ -6,8 +6,8 @@ JavaScript. `web/static/dashboard.js` then keeps it live from the `/v1` API and 
 and its buttons call `POST /v1/services/{id}/start|stop` and `/v1/machines/{id}/enable|disable`
 like any API client (fetch with a JSON content type: the same-origin check lets them through).
 
-The texts here (`detail`, `idle`, `when`, `describe`) have twins in dashboard.js, which
-recomputes them every second; change both together.
+The texts here (`summary`, `detail`, `idle`, `when`, `describe`, …) have twins in dashboard.js,
+which recomputes them every second; change both together.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def dashboard_blueprint(supervisors: Mapping[str, Supervisor], routes: Mapping[s
                                  "state": route.single.state.name if route.single else None,
                                  "backends": [sup.name for sup in route.backends.values()]}
                           for name, route in routes.items()}, api=API), 200, vary
-        body = render("dashboard.html", now_ms=round(time.time() * 1000),
-                      services=[_service(sup, route, _link(addressing, name))
-                                for name, route in routes.items()
-                                for sup in route.backends.values()],
+        services = [_service(sup, route, _link(addressing, name))
+                    for name, route in routes.items() for sup in route.backends.values()]
+        body = render("dashboard.html", now_ms=round(time.time() * 1000), services=services,
+                      summary=summary([s["status"]["state"] for s in services]),
                       machines=_machines(machines, supervisors),
                       activity=await _activity(events, store))
         headers = {k.decode(): v.decode() for k, v in html_headers(body, "")
@@ -134,6 +134,14 @@ def duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
     return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def summary(states: list[str]) -> str:
+    """`4 services: 1 ready, 1 starting, 2 cold`."""
+    counts = [f"{states.count(s)} {s.lower()}"
+              for s in ("READY", "STARTING", "STOPPING", "FAILED", "COLD") if s in states]
+    n = len(states)
+    return f"{n} service{'' if n == 1 else 's'}" + (f": {', '.join(counts)}" if counts else "")
 
 
 def estimate(ms: float) -> str:

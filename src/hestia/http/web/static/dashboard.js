@@ -355,6 +355,7 @@
     entries = entries.concat(fresh).sort((a, b) => b.at - a.at || b.order - a.order)
       .slice(0, FEED_MAX);
     feed.replaceChildren(...entries.map((e) => e.li));
+    feed.hidden = entries.length === 0;
     feedEmpty.hidden = entries.length > 0;
   }
 
