@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -169,6 +170,22 @@ def test_the_activity_feed_keeps_what_happened_before_the_page(serve: Serve,
     expect(feed.locator("li", has_text="COLD → STARTING")).to_have_count(1)
     assert api(gateway, "POST", "/v1/services/app/stop").status_code == 202
     expect(feed.locator("li").first).to_contain_text("stopped (api)", timeout=10_000)
+
+
+def test_log_in_then_the_dashboard_then_a_service(serve: Serve, page: Page,
+                                                  tmp_path: Path) -> None:
+    gateway = serve(services={"app": upstream_service()}, auth={"enabled": True})
+    key = (tmp_path / "data" / "cli.key").read_text().strip()
+    page.goto(gateway.url + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
+    expect(page.locator("header.site")).to_contain_text("Log out")
+    # The buttons' requests ride on the session cookie and pass the same-origin check.
+    page.get_by_role("button", name="Start app").click()
+    expect(state_of(page, "app")).to_have_text("READY", timeout=20_000)
+    page.get_by_role("link", name="app", exact=True).click()
+    expect(page.locator("body")).to_contain_text('"path": "/"')  # the upstream's own 404
 
 
 @pytest.mark.parametrize("accept", [None, "application/json", "*/*", "text/html"])

@@ -25,9 +25,11 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..observability import iso_time
 from ..routing.router import Route
+from ..sessions import session_token
 from ..store import Store
 from .addressing import Addressing
 from .browser import html_headers, is_navigation, render
+from .login import LOGOUT_PATH, is_https
 from .status import service_status
 
 __all__ = ["dashboard_blueprint"]
@@ -63,6 +65,10 @@ def dashboard_blueprint(supervisors: Mapping[str, Supervisor], routes: Mapping[s
                     for name, route in routes.items() for sup in route.backends.values()]
         body = render("dashboard.html", now_ms=round(time.time() * 1000), services=services,
                       summary=summary([s["status"]["state"] for s in services]),
+                      # Logged in from a browser (auth.py let the request in on its session).
+                      key=request.scope.get("hestia.key") if session_token(
+                          request.scope["headers"]) is not None else None,
+                      logout=LOGOUT_PATH.decode(),
                       machines=_machines(machines, supervisors),
                       activity=await _activity(events, store))
         headers = {k.decode(): v.decode() for k, v in html_headers(body, "")
@@ -78,8 +84,7 @@ def _link(addressing: Addressing, service: str) -> str:
     host = addressing.host_of(service)
     if host is None:
         return f"/services/{service}/"
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    scheme = forwarded if forwarded in ("http", "https") else request.scheme
+    scheme = "https" if is_https(request.scope) else "http"
     name, colon, port = request.host.rpartition(":")
     suffix = f":{port}" if colon and port.isdigit() and not name.endswith("]") else ""
     return f"{scheme}://{host}{suffix}/"
