@@ -95,13 +95,13 @@ def test_without_javascript_the_page_reloads_into_the_app(serve, chromium, tmp_p
         page.goto(f"{gateway.url}/services/slow/echo?from=browser")
         expect(page.locator("#state")).to_have_text("STARTING")
         expect(page.locator("body")).to_contain_text(APP_TEXT)  # the <noscript> refresh
-        page.goto(f"{gateway.url}/services/broken/echo")
+        page.goto(f"{gateway.url}/services/broken/echo?from=retry")
         # No script follows the start: the refresh shows its end, and then stops refreshing.
         expect(page.locator("#state")).to_have_text("FAILED")
         expect(page.locator("#failure-log")).to_contain_text("weights not found")
         marker.write_bytes(b"weights")
         page.get_by_role("button", name="Retry").click()  # a form post, back to the page
-        expect(page.locator("body")).to_contain_text('"path": "/echo"')
+        expect(page.locator("body")).to_contain_text('"path": "/echo?from=retry"')
     finally:
         context.close()
 

@@ -212,7 +212,9 @@ class ProxyHandler:
     async def _send_error(self, req: ProxyRequest, error: GatewayError) -> None:
         if isinstance(error, UnknownService) and is_navigation(req.scope["method"],
                                                                req.scope["headers"]):
-            page = waiting.not_found_response(sorted(self.routes), req.request_id)
+            page = waiting.not_found_response(
+                sorted(self.routes), req.request_id, req.address.unknown_host,
+                links=waiting.service_links(self.addressing, req.scope["headers"]))
             await self._respond(req, *page)
             return
         await self._respond(req, *error_response(error, req.request_id))
@@ -269,8 +271,8 @@ class ProxyHandler:
         assert body is not None
         if not body.done:
             await drain(body.receive)
-        await self._respond(req, *waiting.waiting_response(supervisor, req.address,
-                                                           req.request_id))
+        await self._respond(req, *waiting.waiting_response(
+            supervisor, req.address, req.request_id, query=req.scope.get("query_string", b"")))
         req.finished = True
 
     async def _wait_for_lease(self, supervisor: Supervisor, req: ProxyRequest) -> Lease:
