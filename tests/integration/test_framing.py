@@ -21,7 +21,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hestia.http.upstream import LAST_CHUNK, encode_chunk
+from hestia.upstream import LAST_CHUNK, encode_chunk
 from tests.recording_upstream import RecordingUpstream
 
 SMUGGLED = b"GET /other HTTP/1.1\r\nX-Ignore: "

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from hestia.errors import UpstreamReset
-from hestia.http.upstream import BodyReader, Connection, encode_chunk, request_head
+from hestia.upstream import BodyReader, Connection, encode_chunk, request_head
 
 
 class PiecesStream(trio.abc.Stream):

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hestia.errors import UpstreamReset
-from hestia.http.upstream import BodyReader, UpstreamPool
+from hestia.upstream import BodyReader, UpstreamPool
 
 Outcome = tuple[str, int, list[tuple[bytes, bytes]], bytes, bool] | tuple[str]
 

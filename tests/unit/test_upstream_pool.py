@@ -9,7 +9,7 @@ from functools import partial
 
 import trio
 
-from hestia.http.upstream import BodyReader, Connection, UpstreamPool, request_head
+from hestia.upstream import BodyReader, Connection, UpstreamPool, request_head
 
 
 class KeepAliveUpstream:

@@ -42,6 +42,14 @@ from ..metrics import Metrics
 from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import LocalAnswer, NoRoute
+from ..upstream import (
+    LAST_CHUNK,
+    BodyReader,
+    Connection,
+    ResponseHead,
+    encode_chunk,
+    request_head,
+)
 from . import waiting
 from .addressing import PREFIX, Addressing
 from .browser import is_navigation
@@ -56,14 +64,6 @@ from .forwarding import (
 )
 from .request import IgnoreRules, ProxyRequest, check_header_size, request_context
 from .rewrite import Rewrite
-from .upstream import (
-    LAST_CHUNK,
-    BodyReader,
-    Connection,
-    ResponseHead,
-    encode_chunk,
-    request_head,
-)
 
 __all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "check_header_size", "request_context"]
 

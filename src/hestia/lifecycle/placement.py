@@ -16,8 +16,8 @@ from typing import Any
 import trio
 
 from ..config import Config, MachineConfig, ReadinessConfig, ServiceConfig
-from ..http.upstream import UpstreamPool
 from ..launchers.base import Launcher
+from ..upstream import UpstreamPool
 from .readiness import Probe
 
 __all__ = ["Machines", "Placement"]

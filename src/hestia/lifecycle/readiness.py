@@ -16,8 +16,8 @@ import trio
 
 from ..config import HealthConfig, PlacementConfig, ReadinessConfig, ServiceConfig
 from ..errors import GatewayError, StartFailed
-from ..http.upstream import UpstreamPool, fetch_status
 from ..launchers.base import Running
+from ..upstream import UpstreamPool, fetch_status
 
 __all__ = ["DelayProbe", "HttpProbe", "Probe", "TcpProbe", "make_probe", "poll_until",
            "probe_once", "until_ready", "watch_health"]

@@ -44,8 +44,8 @@ import trio
 from ..config import ServiceConfig
 from ..errors import BackendCrashed, BackendStopped, GatewayError, StartCancelled
 from ..events import EventBus
-from ..http.upstream import UpstreamPool
 from ..launchers.base import Launcher, Running
+from ..upstream import UpstreamPool
 from .groups import Group
 from .history import StartHistory
 from .holding import HoldQueue

@@ -1,4 +1,4 @@
-"""The proxy leg: HTTP/1.1 to upstreams on plain trio streams, and a keep-alive pool.
+"""HTTP/1.1 to upstreams on plain trio streams, and a keep-alive pool: the proxy's leg, probes.
 
 Chosen by measurement (docs/performance.md, "Upstream codec vs h11"): h11 on the upstream leg
 costs about 60 µs more CPU per proxied request than this module, some 12% of the gateway's
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
+from .errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = [
     "LAST_CHUNK",
