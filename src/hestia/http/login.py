@@ -282,7 +282,7 @@ class Login:
         current: Session | None = self.sessions.find(token) if token and not clear else None
         body = render("login.html", mode=mode, next=next, message=message, error=error,
                       current=current, host=_host(scope), domain=self._domain_for(scope),
-                      per_host=self._single_label)
+                      per_host=self._single_label, lasting=_lasting(self.sessions.ttl))
         request_id = request_id_from(scope["headers"])
         headers = html_headers(body, request_id) + (extra or [])
         if clear:
@@ -350,6 +350,16 @@ async def _redirect(scope: dict[str, Any], send: Any, location: str, extra: Head
                *extra]
     await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+def _lasting(seconds: float) -> str:
+    """`7 days`, `12 hours`, `90 seconds`: a session's lifetime in words, in its largest unit."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    count = math.ceil(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"
 
 
 def _client(scope: dict[str, Any]) -> str:
