@@ -3,8 +3,14 @@
 ```
 HestiaError
 ├── ConfigError                 bad configuration: every problem, each with its path
+├── StrategyError               a strategy plugin does not load, or a service's strategy cannot
+│                               be made (unknown name, bad options); at start, never per request
 └── GatewayError                answered to a client (status, error code, Retry-After)
     ├── UnknownService          404  no service with that id
+    ├── NoRoute                 4xx/5xx  the routing strategy refuses the request, with the
+    │   │                       status and code it chooses (a plugin raises its own)
+    │   ├── UnknownModel        404  `by_model`: a model it does not serve (`models` lists them)
+    │   └── NoBackendLeft       503  + Retry-After: every backend that could serve it was tried
     ├── RequestRejected         4xx  the request breaks a limit (`limits`)
     │   ├── BadFraming          400  a body whose length is ambiguous (connection closed)
     │   ├── BodyTooLarge        413  body over `limits.max_body_size`
@@ -44,11 +50,15 @@ __all__ = [
     "GatewayError",
     "HeadersTooLarge",
     "HestiaError",
+    "NoBackendLeft",
+    "NoRoute",
     "QueueFull",
     "QueueTimeout",
     "RequestRejected",
     "StartCancelled",
     "StartFailed",
+    "StrategyError",
+    "UnknownModel",
     "UnknownService",
     "UpstreamError",
     "UpstreamReset",
@@ -73,6 +83,18 @@ class ConfigError(HestiaError):
         super().__init__(f"{source}: {len(errors)} error(s)\n{lines}")
 
 
+class StrategyError(HestiaError):
+    """A strategy plugin cannot be loaded, or a service's strategy cannot be made. Raised at
+    start, never per request; the message names the plugin file and line where that is known.
+    `errors` lists `(path, message)` pairs with paths relative to the service's `strategy:`
+    block (`map.llama3`; "" for the block itself), so each bad option is reported at its place.
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else [("", message)]
+
+
 class GatewayError(HestiaError):
     """An error that is answered to an HTTP client."""
 
@@ -92,6 +114,37 @@ class GatewayError(HestiaError):
 class UnknownService(GatewayError):
     status = 404
     code = "unknown_service"
+
+
+class NoRoute(GatewayError):
+    """The routing strategy refuses the request: answered with `status`, the JSON code `error`
+    and `detail`, plus `extra` fields (such as the known `models`). The constructor takes the
+    status and code because a plugin strategy chooses its own; the caller fills in `service`."""
+
+    def __init__(self, status: int, error: str, detail: str, *, service: str | None = None,
+                 retry_after: float | None = None, **extra: Any) -> None:
+        super().__init__(detail, service=service, retry_after=retry_after, **extra)
+        self.status = status
+        self.code = error
+
+
+class UnknownModel(NoRoute):
+    status = 404
+    code = "unknown_model"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(self.status, self.code, detail, **kwargs)
+
+
+class NoBackendLeft(NoRoute):
+    """No backend is left that may serve the request: all were tried (a failover retry), or
+    the one that serves its model failed and no `default` remains. Worth retrying soon."""
+
+    status = 503
+    code = "no_backend"
+
+    def __init__(self, detail: str, *, retry_after: float | None = 1, **kwargs: Any) -> None:
+        super().__init__(self.status, self.code, detail, retry_after=retry_after, **kwargs)
 
 
 class RequestRejected(GatewayError):
