@@ -49,12 +49,12 @@ from .http.addressing import Addressing
 from .http.app import create_app
 from .http.auth import AuthGate, hash_key, new_key
 from .launchers import make_launcher
+from .launchers.registry import record_path
 from .lifecycle.groups import Group
 from .lifecycle.history import StartHistory
 from .lifecycle.placement import Machines, Placement
 from .lifecycle.readiness import make_probe
 from .lifecycle.recovery import recover
-from .lifecycle.registry import record_path
 from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier

@@ -29,8 +29,8 @@ from hestia.config import ContainerLauncherConfig
 from hestia.errors import StartFailed
 from hestia.launchers.base import LaunchContext
 from hestia.launchers.container import ContainerLauncher
+from hestia.launchers.registry import read_record
 from hestia.lifecycle.readiness import HttpProbe
-from hestia.lifecycle.registry import read_record
 from tests.fake_container_cli import create_container, process_gone
 
 from .conftest import UPSTREAM_APP, client, free_port

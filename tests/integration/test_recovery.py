@@ -27,9 +27,7 @@ from hestia.gateway import build_supervisors
 from hestia.launchers.base import LaunchContext
 from hestia.launchers.command import CommandLauncher
 from hestia.launchers.process import ProcessLauncher
-from hestia.lifecycle import recovery
-from hestia.lifecycle.recovery import AdoptedRunning, recover
-from hestia.lifecycle.registry import (
+from hestia.launchers.registry import (
     RecordSlot,
     fingerprint,
     is_alive,
@@ -38,6 +36,8 @@ from hestia.lifecycle.registry import (
     record_path,
     record_spawned,
 )
+from hestia.lifecycle import recovery
+from hestia.lifecycle.recovery import AdoptedRunning, recover
 
 from .conftest import (
     UPSTREAM_APP,

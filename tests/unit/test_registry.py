@@ -19,8 +19,7 @@ import trio
 from structlog.testing import capture_logs
 
 from hestia.config import Config, parse_config
-from hestia.lifecycle.recovery import recover
-from hestia.lifecycle.registry import (
+from hestia.launchers.registry import (
     RecordSlot,
     boot_id,
     forget,
@@ -29,6 +28,7 @@ from hestia.lifecycle.registry import (
     record_path,
     record_spawned,
 )
+from hestia.lifecycle.recovery import recover
 
 Spawn = Callable[..., subprocess.Popen]
 

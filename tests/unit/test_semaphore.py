@@ -92,7 +92,7 @@ def launcher(hub_: SemaphoreHub, machine: str, tmp_path: Path,
              service: str = "ollama") -> SemaphoreLauncher:
     config = hub_.config.machines[machine].semaphore
     assert config is not None
-    return hub_.launcher(service, config, tmp_path / f"{service}.log")
+    return SemaphoreLauncher.from_hub(hub_, service, config, tmp_path / f"{service}.log")
 
 
 async def test_a_start_by_template_name_polls_until_the_task_succeeds(standin, tmp_path,

@@ -11,6 +11,7 @@ from .command import CommandLauncher
 from .container import ContainerLauncher
 from .external import ExternalLauncher
 from .process import ProcessLauncher
+from .semaphore import SemaphoreLauncher
 from .wol import WolLauncher
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ __all__ = [
     "LaunchContext",
     "Launcher",
     "ProcessLauncher",
+    "SemaphoreLauncher",
     "Running",
     "WolLauncher",
     "make_launcher",
@@ -33,7 +35,7 @@ def make_launcher(config: LauncherConfig, log_path: Path, record_path: Path | No
                   service: str = "", semaphore: SemaphoreHub | None = None) -> Launcher:
     """The launcher a configuration asks for; `log_path` is where what it runs writes, and
     `record_path` where the process it keeps running is recorded for recovery after a crash
-    (lifecycle/registry.py; None: not recorded). Only the launchers that keep a local process
+    (launchers/registry.py; None: not recorded). Only the launchers that keep a local process
     running as the backend use it. A `semaphore` launcher needs the gateway's `semaphore` hub
     and the `service` it starts."""
     if config.process is not None:
@@ -44,7 +46,7 @@ def make_launcher(config: LauncherConfig, log_path: Path, record_path: Path | No
         return ContainerLauncher(config.container, log_path, record_path)
     if config.semaphore is not None:
         assert semaphore is not None, "a semaphore launcher needs the gateway's SemaphoreHub"
-        return semaphore.launcher(service, config.semaphore, log_path)
+        return SemaphoreLauncher.from_hub(semaphore, service, config.semaphore, log_path)
     if config.wol is not None:
         return WolLauncher(config.wol, log_path)
     assert config.external is not None  # LauncherConfig holds exactly one

@@ -8,7 +8,7 @@ The child writes straight into its log file (no pump task in between); the tail 
 from the file when a status or a failed start needs it.
 
 A process that stays running as the backend is spawned with `record=`: it is written to the
-registry (lifecycle/registry.py), and its handle removes the record once `wait` or `stop` has seen
+registry (launchers/registry.py), and its handle removes the record once `wait` or `stop` has seen
 the process group gone. That record is what lets the next Hestia stop (or adopt) it should this
 one be killed. Short commands (`run_bounded`) are not recorded: they end with their caller.
 """
@@ -29,10 +29,10 @@ from pydantic import BaseModel
 
 from ..config import ProcessLauncherConfig
 from ..errors import StartFailed
-from ..lifecycle.registry import Record, RecordSlot, fingerprint, forget, record_spawned
 from ..private_files import open_private, private_dir
 from .base import LaunchContext, upstream_host
 from .ports import check_port
+from .registry import Record, RecordSlot, fingerprint, forget, record_spawned
 
 __all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "record_slot",
            "rotate_log", "run_bounded", "spawn"]

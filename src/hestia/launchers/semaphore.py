@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -37,6 +37,9 @@ from ..semaphore.client import SemaphoreClient, SemaphoreError
 from ..semaphore.tasks import Automation, TaskRecord, TemplateError, Templates
 from .base import LaunchContext, StopOnce
 from .process import read_tail, rotate_log
+
+if TYPE_CHECKING:
+    from ..semaphore.hub import SemaphoreHub
 
 __all__ = ["SemaphoreLauncher", "SemaphoreRunning"]
 
@@ -79,6 +82,15 @@ class SemaphoreLauncher:
         self.project = project
         self.log_path = log_path
         self.task_timeout = config.task_timeout or settings.task_timeout
+
+    @classmethod
+    def from_hub(cls, hub: SemaphoreHub, service: str, config: SemaphoreLauncherConfig,
+                 log_path: Path) -> SemaphoreLauncher:
+        """A launcher of `service` on the gateway's connection to Semaphore."""
+        settings = hub.config.semaphore
+        assert settings is not None
+        return cls(config, settings, hub.client, hub.templates, hub.automation(service),
+                   project=hub.config.project_of(config), log_path=log_path)
 
     def __repr__(self) -> str:
         return (f"<SemaphoreLauncher project={self.project} "

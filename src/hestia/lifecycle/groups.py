@@ -10,24 +10,41 @@ which may in turn evict another: one GPU serving several models in turn.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 import trio
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+from ..config import ServiceConfig
+from .leases import State
 
-__all__ = ["Group"]
+__all__ = ["Group", "Member"]
 
 log = structlog.get_logger("hestia.groups")
+
+
+class Member(Protocol):
+    """What a group sees of a member (a `Supervisor`)."""
+
+    name: str
+    state: State
+    config: ServiceConfig
+    last_used: float | None
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def stop_pending(self) -> str | None: ...
+
+    def request_stop(self, reason: str = "api") -> bool: ...
 
 
 class Group:
     def __init__(self, name: str, max_running: int) -> None:
         self.name = name
         self.max_running = max_running
-        self.holders: set[Supervisor] = set()
+        self.holders: set[Member] = set()
         self._changed = trio.Event()
 
     def __repr__(self) -> str:
@@ -38,7 +55,7 @@ class Group:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def acquire(self, member: Supervisor) -> None:
+    async def acquire(self, member: Member) -> None:
         """Wait for a slot for `member`, evicting an idle member when the group is full."""
         waiting_logged = False
         while len(self.holders) >= self.max_running:
@@ -54,14 +71,12 @@ class Group:
             await self._changed.wait()
         self.holders.add(member)
 
-    def release(self, member: Supervisor) -> None:
+    def release(self, member: Member) -> None:
         if member in self.holders:
             self.holders.discard(member)
             self.notify()
 
-    def _victim(self) -> Supervisor | None:
-        from .supervisor import State  # a cycle at import time otherwise
-
+    def _victim(self) -> Member | None:
         idle = [m for m in self.holders
                 if m.state is State.READY and not m.busy and not m.config.keep_warm
                 and m.stop_pending is None]

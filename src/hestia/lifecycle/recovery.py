@@ -1,7 +1,7 @@
 """Recovery after a crash: what a killed Hestia left running is stopped, or adopted.
 
 `gateway.run` calls `recover` before any supervisor runs and before the server listens. For each
-record in `<data_dir>/run/` (lifecycle/registry.py), of services still configured or not:
+record in `<data_dir>/run/` (launchers/registry.py), of services still configured or not:
 
 - the record is **stale** when it is from another boot, its process is gone (or has ended and
   waits to be reaped), or its pid now names another process (the start time differs). The record
@@ -30,9 +30,7 @@ import trio
 
 from ..config import Config, ServiceConfig
 from ..launchers.process import describe_exit, read_tail
-from .placement import Placement
-from .readiness import poll_until
-from .registry import (
+from ..launchers.registry import (
     Record,
     boot_id,
     fingerprint,
@@ -42,6 +40,8 @@ from .registry import (
     read_record,
     run_dir,
 )
+from .placement import Placement
+from .readiness import poll_until
 from .supervisor import Supervisor
 
 __all__ = ["ADOPT_PROBE_WINDOW", "AdoptedRunning", "recover", "stop_group"]

@@ -1,15 +1,13 @@
 """One gateway's connection to Semaphore: the client, the template ids, and each backend's
-task records, shared by every `semaphore` launcher of the configuration."""
+task records, shared by every `semaphore` launcher of the configuration (which
+`SemaphoreLauncher.from_hub` builds: this package knows nothing of launchers)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 
-from ..config import Config, SemaphoreLauncherConfig
+from ..config import Config
 from ..events import EventBus
-from ..launchers.semaphore import SemaphoreLauncher
 from .client import SemaphoreClient
 from .tasks import Automation, TaskRecord, Templates, check_templates
 
@@ -28,16 +26,13 @@ class SemaphoreHub:
         self.templates = Templates(self.client)
         self.automations: dict[str, Automation] = {}
 
-    def launcher(self, service: str, launcher: SemaphoreLauncherConfig,
-                 log_path: Path) -> SemaphoreLauncher:
-        assert self.config.semaphore is not None
+    def automation(self, service: str) -> Automation:
+        """`service`'s task records, one for all its `semaphore` launchers."""
         automation = self.automations.get(service)
         if automation is None:
             automation = self.automations[service] = Automation(
                 lambda record: self._publish(service, record))
-        return SemaphoreLauncher(launcher, self.config.semaphore, self.client, self.templates,
-                                 automation, project=self.config.project_of(launcher),
-                                 log_path=log_path)
+        return automation
 
     def _publish(self, service: str, record: TaskRecord) -> None:
         if self.events is not None:
