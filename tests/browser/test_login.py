@@ -68,7 +68,15 @@ def test_login_then_dashboard_then_a_service_and_logout(serve: Serve, page: Page
     screenshot(page, "login-failed")
     log_in(page, key)
     page.wait_for_url(gateway.url + "/")
-    expect(page.locator('li.service[data-id="up"]')).to_be_visible()
+    # The dashboard's script works on the session: its events stream, and its buttons' POSTs
+    # (same origin, so the CSRF check lets them through).
+    expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
+    state = page.locator('li.service[data-id="up"] [data-field="state"]')
+    expect(state).to_have_text("READY")
+    page.get_by_role("button", name="Stop up").click()
+    expect(state).to_have_text("COLD", timeout=10_000)
+    page.get_by_role("button", name="Start up").click()
+    expect(state).to_have_text("READY", timeout=20_000)
     [cookie] = [c for c in context.cookies() if c["name"] == "hestia_session"]
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["secure"]) == (True, "Lax", False)
 

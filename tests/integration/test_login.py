@@ -132,6 +132,12 @@ async def test_a_login_sets_the_cookie_and_goes_back_where_it_came_from(gated):
             assert echo.status_code == 200
             cookies = [v for k, v in echo.json()["headers"] if k.lower() == "cookie"]
             assert cookies == ["theme=dark; lang=en"]
+            # An app's own token beside the cookie (Open WebUI's, say) is the app's: the
+            # cookie lets the request in, and the token goes on to the app.
+            echo = await http.get("/services/up/echo", headers=with_cookie(
+                token, Authorization="Bearer app-token"))
+            assert echo.status_code == 200
+            assert ["authorization", "Bearer app-token"] in echo.json()["headers"]
 
 
 async def test_over_https_the_cookie_is_secure(gated):

@@ -304,7 +304,7 @@ class Login:
 
     def _cookie(self, scope: dict[str, Any], token: str) -> tuple[bytes, bytes]:
         return (b"set-cookie", self._attributes(scope, f"{COOKIE}={token}",
-                                                int(self.sessions.ttl)))
+                                                max(1, math.ceil(self.sessions.ttl))))
 
     def _cleared(self, scope: dict[str, Any]) -> Headers:
         # Both forms: a cookie set before `service_domain` changed is removed too.
