@@ -13,53 +13,60 @@ move; everyone else keeps their backend (a plain `hash % n` would reshuffle near
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from hestia.routing import BackendView, Decision, RequestContext, Strategy, eligible
+from pydantic import field_validator
+
+from hestia.routing import (
+    BackendView,
+    Decision,
+    RequestContext,
+    Strategy,
+    StrategyOptions,
+    eligible,
+)
+
+
+class StickyClientOptions(StrategyOptions):
+    header: str | None = None
+    """Hash this request header's value (a session id, say) instead of the client address;
+    a request without the header falls back to its address. Default: the address."""
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"must be a header name, not {value!r}")
+        return value.strip().lower() if value is not None else None  # ctx.headers: lower case
 
 
 class StickyClient(Strategy):
-    """Same client (or same `header` value), same backend, while it stays eligible."""
+    """Hash the client address (or option `header`) onto the healthy backends."""
 
     name = "sticky_client"
-
-    def __init__(self, header: str | None) -> None:
-        self.header = header
+    Options = StickyClientOptions
+    options: StickyClientOptions
 
     def __repr__(self) -> str:
-        return f"<StickyClient key={self.header or 'client address'}>"
+        return f"<StickyClient key={self.options.header or 'client address'}>"
 
     def key(self, ctx: RequestContext) -> str:
-        if self.header and ctx.headers.get(self.header):
-            return ctx.headers[self.header]
+        header = self.options.header
+        if header and ctx.headers.get(header):
+            return ctx.headers[header]
         return ctx.client or ""
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
         key = self.key(ctx)
-        # eligible(): skips excluded and unhealthy backends (all when none is healthy), and
-        # raises NoRoute(503) when nothing is left. A stable hash (not hash(), which is salted
-        # per process) so a client keeps its backend across gateway restarts.
-        chosen = max(eligible(backends, exclude), key=lambda b: _score(key, b.name))
-        return Decision(chosen.name, "failover" if exclude else "sticky")
+        # eligible(): the healthy backends (all when none is). A stable hash (not hash(), which
+        # is salted per process) so a client keeps its backend across gateway restarts.
+        chosen = max(eligible(backends), key=lambda b: _score(key, b.name))
+        return Decision(chosen.name, "sticky")
 
 
 def _score(key: str, backend: str) -> bytes:
     return hashlib.blake2b(f"{key}\0{backend}".encode(), digest_size=8).digest()
 
 
-def sticky_client(options: Mapping[str, Any], backends: Sequence[str]) -> StickyClient:
-    """Hash the client address (or option `header`) onto the healthy backends."""
-    unknown = sorted(set(options) - {"header"})
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sticky_client "
-                         f"(allowed: header)")
-    header = options.get("header")
-    if header is not None and (not isinstance(header, str) or not header):
-        raise ValueError(f"header must be a header name, not {header!r}")
-    return StickyClient(header.lower() if header else None)
-
-
 def register_strategy(registry) -> None:
-    registry.register("sticky_client", sticky_client)
+    registry.register(StickyClient)

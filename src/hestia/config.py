@@ -289,12 +289,19 @@ class GroupConfig(_Model):
 
 
 class StrategyConfig(_Model):
-    """How a service with several `backends` picks one per request: `name` and that strategy's
-    own options (docs/strategies.md); checked when Hestia starts (`hestia check` too)."""
+    """How a service with several `backends` picks one per request: `name`, the two keys
+    below, and that strategy's own options (docs/strategies.md), every other key.
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    The options are validated in a second step, against the named strategy's options model
+    (`Strategy.Options`), when the strategy is made: at start, before anything is served, and
+    by `hestia check` with the other errors (`routing.router.strategy_errors`). Not here,
+    because a plugin's strategies are known only once `strategies_dir` is loaded. An unknown or
+    ill-typed option is then an error at its path (`services.<id>.strategy.<option>`)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")  # the options: checked as above
 
     name: str = "round_robin"
+    """A built-in strategy or one a plugin registers (default `round_robin`)."""
     max_body: ByteSize = ByteSize(1024 * 1024)
     """A strategy that reads the JSON body (`by_model`) buffers at most this much (default
     1MiB; a larger body is 413); the buffered bytes are then forwarded unchanged."""
@@ -304,6 +311,7 @@ class StrategyConfig(_Model):
 
     @property
     def options(self) -> dict[str, Any]:
+        """The strategy's own options, as written: every key not declared above."""
         return dict(self.model_extra or {})
 
 

@@ -117,18 +117,15 @@ async def test_a_plugin_strategy_is_loaded_and_a_broken_one_stops_the_start(
     plugins = tmp_path / "strategies"
     plugins.mkdir()
     (plugins / "always_last.py").write_text(
-        "from hestia.routing.strategy import Decision, eligible\n"
+        "from hestia.routing import Decision, Strategy, eligible\n"
         "\n"
-        "class AlwaysLast:\n"
+        "class AlwaysLast(Strategy):\n"
         "    name = 'always_last'\n"
-        "    needs_body = False\n"
-        "    def answer(self, ctx, backends):\n"
-        "        return None\n"
-        "    def pick(self, ctx, backends, exclude=frozenset()):\n"
-        "        return Decision(eligible(backends, exclude)[-1].name, 'balance')\n"
+        "    def pick(self, ctx, backends):\n"
+        "        return Decision(eligible(backends)[-1].name, 'balance')\n"
         "\n"
         "def register_strategy(registry):\n"
-        "    registry.register('always_last', lambda options, names: AlwaysLast())\n")
+        "    registry.register(AlwaysLast)\n")
     with trio.fail_after(30):
         gateway = await start_gateway(strategies_dir=str(plugins), services={"llm": {
             "backends": {"a": backend(), "b": backend()}, "strategy": {"name": "always_last"}}})
@@ -137,6 +134,16 @@ async def test_a_plugin_strategy_is_loaded_and_a_broken_one_stops_the_start(
             described = (await http.get("/v1/strategies")).json()["strategies"]
             assert next(s for s in described if s["name"] == "always_last")["origin"].endswith(
                 "always_last.py")
+    config = parse_config({"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "d1"),
+                           "strategies_dir": str(plugins), "services": {"llm": {
+                               "backends": {"a": backend(), "b": backend()},
+                               "strategy": {"name": "always_last", "tie_break": "order"}}}},
+                          env={})
+    with pytest.raises(ConfigError) as caught:  # an option it does not take: not started
+        await nursery.start(partial(run, config, handle_signals=False))
+    assert caught.value.errors == [(
+        "services.llm.strategy.tie_break", "unknown option 'tie_break': always_last takes no "
+        "options; valid: name, max_body, unhealthy_for")]
     (plugins / "broken.py").write_text("def register_strategy(registry):\n"
                                        "    raise RuntimeError('no')\n")
     config = parse_config({"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "d2"),

@@ -1,21 +1,26 @@
 """Routing strategies: the built-ins' exact distributions, the health and failover rules, by_model's
-lookups and listings, the registry, and plugin loading with errors that name file and line.
+lookups and listings, options checked against each strategy's model with errors at their paths,
+the registry, and plugin loading with errors that name file and line.
 
 Pure functions of their inputs: no trio, no I/O.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import re
 import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from hestia.errors import error_response
+from hestia.config import RouteConfig, StrategyConfig
+from hestia.errors import GatewayError, NoBackendLeft, UnknownModel, error_response
 from hestia.routing import (
+    BUILTINS,
     BackendView,
     Decision,
     NoRoute,
@@ -23,11 +28,15 @@ from hestia.routing import (
     RequestContext,
     Strategy,
     StrategyError,
+    StrategyOptions,
+    choose,
     default_registry,
     eligible,
     load_plugins,
 )
 from hestia.routing import __all__ as routing_all
+from hestia.routing.registry import COMMON_KEYS
+from hestia.routing.router import strategy_errors
 
 REPO = Path(__file__).resolve().parents[2]
 BALANCERS = ["round_robin", "weighted", "least_inflight", "first_ready"]
@@ -50,16 +59,30 @@ def make(name: str, backends=("a", "b", "c"), **options) -> Strategy:
 ABC = [view("a"), view("b"), view("c")]
 
 
-def picks(strategy: Strategy, views, n: int, **kw) -> list[str]:
-    return [strategy.pick(ctx(), views, **kw).backend for _ in range(n)]
+def picks(strategy: Strategy, views, n: int, exclude=frozenset()) -> list[str]:
+    return [choose(strategy, ctx(), views, exclude).backend for _ in range(n)]
 
 
 def test_public_surface_is_sorted_and_complete():
     import hestia.routing as routing
 
     assert routing_all == sorted(routing_all)
-    assert {n for n in dir(routing) if not n.startswith("_")} - {"builtin", "strategy", "router"} \
-        == set(routing_all)
+    modules = {"builtin", "registry", "strategy", "router"}
+    assert {n for n in dir(routing) if not n.startswith("_")} - modules == set(routing_all)
+
+
+def test_the_routing_modules_import_each_other_one_way():
+    """strategy.py (the contract) ← builtin.py ← registry.py ← router.py: no cycle."""
+    package = REPO / "src" / "hestia" / "routing"
+    imports = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {node.module for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert imports["strategy"] == set()
+    assert imports["builtin"] == {"strategy"}
+    assert imports["registry"] == {"builtin", "strategy"}
+    assert imports["router"] == {"registry", "strategy"}
 
 
 # --- round_robin -----------------------------------------------------------------------------
@@ -126,8 +149,9 @@ def test_least_inflight_tie_break_order_takes_the_first():
 
 
 def test_least_inflight_refuses_an_unknown_tie_break():
-    with pytest.raises(StrategyError, match="tie_break"):
+    with pytest.raises(StrategyError) as info:
         make("least_inflight", tie_break="random")
+    assert info.value.errors == [("tie_break", "Input should be 'round_robin' or 'order'")]
 
 
 # --- first_ready -----------------------------------------------------------------------------
@@ -172,19 +196,33 @@ def test_all_backends_are_candidates_when_none_is_healthy(name):
 @pytest.mark.parametrize("name", BALANCERS)
 def test_excluded_backends_are_never_picked(name):
     s = make(name)
-    decisions = [s.pick(ctx(), ABC, exclude=frozenset({"a"})) for _ in range(30)]
+    decisions = [choose(s, ctx(), ABC, frozenset({"a"})) for _ in range(30)]
     assert {d.backend for d in decisions} == ({"b"} if name == "first_ready" else {"b", "c"})
     assert {d.reason for d in decisions} == {"failover"}
     views = [view("a"), view("b", healthy=False), view("c")]
-    assert s.pick(ctx(), views, exclude=frozenset({"c"})).backend == "a"
+    assert choose(s, ctx(), views, frozenset({"c"})).backend == "a"
 
 
 @pytest.mark.parametrize("name", BALANCERS)
 def test_everything_excluded_is_no_route(name):
     with pytest.raises(NoRoute) as info:
-        make(name).pick(ctx(), ABC, exclude=frozenset({"a", "b", "c"}))
+        choose(make(name), ctx(), ABC, frozenset({"a", "b", "c"}))
+    assert isinstance(info.value, NoBackendLeft)
     assert (info.value.status, info.value.code) == (503, "no_backend")
     assert info.value.retry_after is not None
+
+
+def test_a_strategy_picking_a_backend_it_was_not_offered_is_a_500_not_a_retry_to_it():
+    class Stubborn(Strategy):
+        name = "stubborn"
+
+        def pick(self, ctx, backends):
+            return Decision("a", "stubborn")
+
+    with pytest.raises(GatewayError) as info:
+        choose(Stubborn(StrategyOptions(), ["a", "b"]), ctx(), ABC[:2], frozenset({"a"}))
+    assert (info.value.status, info.value.code) == (500, "internal_error")
+    assert "picked 'a', which is not one of the backends offered (b)" in info.value.detail
 
 
 def test_eligible_keeps_order_and_health_rule():
@@ -193,10 +231,28 @@ def test_eligible_keeps_order_and_health_rule():
     assert [v.name for v in eligible(views, frozenset({"c", "b"}))] == ["a"]
 
 
-@pytest.mark.parametrize("name", BALANCERS)
+@pytest.mark.parametrize("name", ["round_robin", "weighted", "first_ready"])
 def test_balancers_take_no_options(name):
-    with pytest.raises(StrategyError, match=f"unknown option.*bogus.*{name}"):
+    with pytest.raises(StrategyError) as info:
         make(name, bogus=1)
+    assert info.value.errors == [("bogus", f"unknown option 'bogus': {name} takes no options; "
+                                           f"valid: name, max_body, unhealthy_for")]
+
+
+def test_an_unknown_option_names_the_closest_and_every_valid_one():
+    with pytest.raises(StrategyError) as info:
+        make("least_inflight", tie_brake="order", unhealthy_fro="3s")
+    assert info.value.errors == [
+        ("tie_brake", "unknown option 'tie_brake' for least_inflight (did you mean 'tie_break'?); "
+                      "valid: tie_break, name, max_body, unhealthy_for"),
+        ("unhealthy_fro", "unknown option 'unhealthy_fro' for least_inflight (did you mean "
+                          "'unhealthy_for'?); valid: tie_break, name, max_body, unhealthy_for"),
+    ]
+    assert str(info.value).startswith("strategy 'least_inflight': tie_brake: unknown option ")
+
+
+def test_the_keys_common_to_every_strategy_are_the_strategy_configs():
+    assert COMMON_KEYS == tuple(StrategyConfig.model_fields)
 
 
 # --- by_model --------------------------------------------------------------------------------
@@ -257,6 +313,7 @@ def test_by_model_unknown_model_is_404_listing_the_known_names():
     with pytest.raises(NoRoute) as info:
         route(by_model(), {"model": "phi3"})
     error = info.value
+    assert isinstance(error, UnknownModel)
     assert (error.status, error.code) == (404, "unknown_model")
     assert "phi3" in error.detail
     known = ["fast", "gpt-4", "llama3:8b", "mistral", "qwen:latest"]
@@ -275,29 +332,60 @@ def test_by_model_without_a_model_is_404_naming_where_it_looked():
     assert info.value.status == 404
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"map": {"llama3": "z"}}, r"map\['llama3'\]: unknown backend 'z'"),
-    ({"map": MODELS, "aliases": {"gpt-4": "phi3"}}, r"aliases\['gpt-4'\]: unknown model 'phi3'"),
-    ({"map": MODELS, "aliases": {"mistral": "qwen"}}, "already a model"),
-    ({"map": MODELS, "default": "z"}, "default: unknown backend 'z'"),
-    ({}, "map is required"),
-    ({"map": {}}, "at least one model"),
-    ({"map": ["llama3"]}, "map must be a mapping"),
-    ({"map": MODELS, "field": "options..model"}, "field must be a dotted name"),
-    ({"map": MODELS, "header": ""}, "header must be a header name"),
-    ({"map": {"llama3": "a", "llama3:latest": "b"}}, "same model for Ollama"),
-    ({"map": MODELS, "modle": "x"}, "unknown option.*modle"),
+@pytest.mark.parametrize(("options", "path", "message"), [
+    ({"map": {"llama3": "z"}}, "map.llama3", "unknown backend 'z' (backends: a, b, c)"),
+    ({"map": MODELS, "aliases": {"gpt-4": "phi3"}}, "aliases",
+     "'gpt-4' names unknown model 'phi3' (models: llama3:8b, mistral, qwen:latest)"),
+    ({"map": MODELS, "aliases": {"mistral": "qwen"}}, "aliases",
+     "'mistral' is already a model in map"),
+    ({"map": MODELS, "default": "z"}, "default", "unknown backend 'z' (backends: a, b, c)"),
+    ({}, "map", "required by by_model"),
+    ({"map": {}}, "map", "must name at least one model: {model name: backend}"),
+    ({"map": ["llama3"]}, "map", "Input should be a valid dictionary"),
+    ({"map": {"": "a"}}, "map['']", "String should have at least 1 character"),
+    ({"map": {"v1.5": "z"}}, "map['v1.5']", "unknown backend 'z' (backends: a, b, c)"),
+    ({"map": MODELS, "field": "options..model"}, "field",
+     "must be a dotted name like 'model' or 'options.model', not 'options..model'"),
+    ({"map": MODELS, "header": " "}, "header", "must be a header name, not ' '"),
+    ({"map": {"llama3": "a", "llama3:latest": "b"}}, "map",
+     "'llama3' and 'llama3:latest' are the same model for Ollama but go to different backends"),
+    ({"map": MODELS, "modle": "x"}, "modle", "unknown option 'modle' for by_model; "
+     "valid: field, header, map, aliases, default, name, max_body, unhealthy_for"),
 ])
-def test_by_model_option_errors_are_caught_at_creation(options, message):
-    with pytest.raises(StrategyError, match=message) as info:
+def test_by_model_option_errors_are_caught_at_creation_at_their_path(options, path, message):
+    with pytest.raises(StrategyError) as info:
         make("by_model", **options)
-    assert str(info.value).startswith("strategy 'by_model': ")
+    assert info.value.errors == [(path, message)]
+    assert str(info.value) == f"strategy 'by_model': {path}: {message}"
 
 
 def test_by_model_reports_every_option_error_at_once():
     with pytest.raises(StrategyError) as info:
-        make("by_model", map={"x": "z"}, default="y")
-    assert "unknown backend 'z'" in str(info.value) and "'y'" in str(info.value)
+        make("by_model", map={"x": "z", "y": "a"}, default="y", bogus=1)
+    assert [path for path, _ in info.value.errors] == ["map.x", "default", "bogus"]
+
+
+def test_strategy_errors_are_reported_at_the_options_path_in_the_file():
+    def route_config(**strategy):
+        return RouteConfig(backends=["llm@a", "llm@b"], strategy=StrategyConfig(**strategy))
+
+    routes = {"llm": route_config(name="by_model", map={"llama3": "c"}, defualt="a"),
+              "web": route_config(name="round_robbin"),
+              "ok": route_config(name="least_inflight", tie_break="order")}
+    assert strategy_errors(routes, default_registry()) == [
+        ("services.llm.strategy.map.llama3", "unknown backend 'c' (backends: a, b)"),
+        ("services.llm.strategy.defualt", "unknown option 'defualt' for by_model (did you mean "
+         "'default'?); valid: field, header, map, aliases, default, name, max_body, "
+         "unhealthy_for"),
+        ("services.web.strategy", "unknown strategy 'round_robbin'; known: by_model, "
+         "first_ready, least_inflight, round_robin, weighted"),
+    ]
+
+
+def test_by_model_normalises_the_header_and_resolves_aliases_at_load():
+    s = make("by_model", map={"llama3:latest": "a"}, aliases={"big": "llama3"}, header=" X-Model ")
+    assert s.options.header == "x-model"
+    assert s.options.aliases == {"big": "llama3:latest"}
 
 
 def test_by_model_alias_may_name_a_model_by_its_untagged_name():
@@ -305,16 +393,20 @@ def test_by_model_alias_may_name_a_model_by_its_untagged_name():
     assert route(s, {"model": "big"}) == Decision("a", "alias")
 
 
+def retry(strategy, body, exclude, views=ABC) -> Decision:
+    return choose(strategy, ctx(body=body), views, frozenset(exclude))
+
+
 def test_by_model_fails_over_to_the_default_only():
     s = by_model(default="c")
-    assert route(s, {"model": "mistral"}, exclude=frozenset({"b"})) == Decision("c", "failover")
-    assert route(s, {"model": "mistral"}, exclude=frozenset({"a"})) == Decision("b", "failover")
+    assert retry(s, {"model": "mistral"}, {"b"}) == Decision("c", "failover")
+    assert retry(s, {"model": "mistral"}, {"a"}) == Decision("b", "failover")
     for excluded, plain in [({"b", "c"}, s), ({"b"}, by_model())]:
         with pytest.raises(NoRoute) as info:
-            route(plain, {"model": "mistral"}, exclude=frozenset(excluded))
+            retry(plain, {"model": "mistral"}, excluded)
         assert (info.value.status, info.value.code) == (503, "no_backend")
     with pytest.raises(NoRoute, match="'c' failed and no other backend serves model 'phi3'"):
-        route(s, {"model": "phi3"}, exclude=frozenset({"c"}))
+        retry(s, {"model": "phi3"}, {"c"})
 
 
 def test_by_model_routes_around_an_unhealthy_backend_to_a_healthy_default():
@@ -399,7 +491,44 @@ def test_registering_a_name_twice_names_both_places():
     message = str(info.value)
     assert message.startswith(f"{__file__}:{line}: strategy 'weighted' is already registered "
                               "(by builtin at ")
-    assert "routing/builtin.py:" in message
+    assert re.search(r"routing/builtin\.py:\d+\)$", message)  # where the class is
+
+
+def test_registry_refuses_a_strategy_class_that_breaks_the_contract():
+    class NoPick(Strategy):
+        name = "no_pick"
+
+    class Unnamed(Strategy):
+        def pick(self, ctx, backends):
+            return Decision(backends[0].name, "first")
+
+    class Lax(StrategyOptions):
+        model_config = {"extra": "allow"}
+
+    class LaxOptions(Unnamed):
+        name = "lax"
+        Options = Lax
+
+    registry = Registry()
+    with pytest.raises(StrategyError, match="NoPick does not define pick"):
+        registry.register(NoPick)
+    with pytest.raises(StrategyError, match="Unnamed.name must be a non-empty string"):
+        registry.register(Unnamed)
+    with pytest.raises(StrategyError, match="LaxOptions.Options must be a hestia.routing."
+                                            "StrategyOptions model"):
+        registry.register(LaxOptions)
+    with pytest.raises(StrategyError, match="register a subclass of hestia.routing.Strategy"):
+        registry.register(Decision)
+    assert registry.names() == []
+
+
+def test_every_builtin_documents_each_of_its_options_and_the_docs_list_them():
+    docs = (REPO / "docs" / "strategies.md").read_text()
+    for strategy in BUILTINS:
+        assert f"`{strategy.name}`" in docs
+        for option, field in strategy.Options.model_fields.items():
+            assert field.description, f"{strategy.name}.{option} has no docstring"
+            assert f"`{option}`" in docs, f"docs/strategies.md does not mention {option}"
 
 
 def test_registry_refuses_a_factory_that_builds_no_strategy():
@@ -432,28 +561,55 @@ def test_strategies_keep_their_own_state_per_service():
 GOOD = '''\
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from hestia.routing import Decision, Strategy, eligible
+from hestia.routing import BackendName, Decision, Strategy, StrategyOptions, eligible
 
 
-@dataclass
+class LastOneOptions(StrategyOptions):
+    unless: BackendName | None = None
+    """Never this backend while another is eligible."""
+
+
 class LastOne(Strategy):
-    """Always the last eligible backend."""
-
-    name: str = "last_one"
-
-    def pick(self, ctx, backends, exclude=frozenset()):
-        return Decision(eligible(backends, exclude)[-1].name, "last")
-
-
-def last_one(options, backends):
     """The last eligible backend, in the order given."""
-    return LastOne()
+
+    name = "last_one"
+    Options = LastOneOptions
+
+    def pick(self, ctx, backends):
+        names = [b.name for b in eligible(backends) if b.name != self.options.unless]
+        return Decision(names[-1] if names else backends[-1].name, "last")
 
 
 def register_strategy(registry):
-    registry.register("last_one", last_one)
+    registry.register(LastOne)
+'''
+
+# The contract before options models: a name and a factory given a plain mapping, and a pick
+# that takes `exclude`. Plugins written for it keep working.
+OLDER = '''\
+from hestia.routing import Decision, eligible
+
+
+class Older:
+    name = "older"
+    needs_body = False
+
+    def answer(self, ctx, backends):
+        return None
+
+    def pick(self, ctx, backends, exclude=frozenset()):
+        return Decision(eligible(backends, exclude)[0].name, "older")
+
+
+def older(options, backends):
+    """The first eligible backend."""
+    if options:
+        raise ValueError(f"no options, please: {sorted(options)}")
+    return Older()
+
+
+def register_strategy(registry):
+    registry.register("older", older)
 '''
 
 
@@ -473,10 +629,27 @@ def test_a_good_plugin_loads_and_its_strategy_routes(tmp_path):
     strategy = registry.create("last_one", {}, ["a", "b", "c"])
     assert strategy.pick(ctx(), ABC) == Decision("c", "last")
     assert strategy.pick(ctx(), [view("a"), view("b"), view("c", "FAILED")]).backend == "b"
+    assert choose(strategy, ctx(), ABC, frozenset({"c"})) == Decision("b", "failover")
     assert strategy.answer(ctx(), ABC) is None and strategy.needs_body is False
+    unless = registry.create("last_one", {"unless": "c"}, ["a", "b", "c"])
+    assert unless.pick(ctx(), ABC) == Decision("b", "last")
+    with pytest.raises(StrategyError) as info:
+        registry.create("last_one", {"unless": "z"}, ["a", "b", "c"])
+    assert info.value.errors == [("unless", "unknown backend 'z' (backends: a, b, c)")]
     described = {d["name"]: d for d in registry.describe()}["last_one"]
     assert described == {"name": "last_one", "origin": str(good),
                          "doc": "The last eligible backend, in the order given."}
+
+
+def test_a_plugin_written_for_the_older_factory_contract_still_loads(tmp_path):
+    older = write(tmp_path, "older.py", OLDER)
+    registry = default_registry()
+    assert load_plugins(registry, tmp_path) == [older]
+    strategy = registry.create("older", {}, ["a", "b", "c"])
+    assert choose(strategy, ctx(), ABC) == Decision("a", "older")
+    assert choose(strategy, ctx(), ABC, frozenset({"a"})) == Decision("b", "failover")
+    with pytest.raises(StrategyError, match=r"strategy 'older': no options, please: \['x'\]"):
+        registry.create("older", {"x": 1}, ["a"])
 
 
 def test_the_same_plugin_directory_can_be_loaded_into_two_registries(tmp_path):
@@ -546,12 +719,12 @@ def test_a_plugin_whose_hook_raises_names_the_line_in_the_plugin(tmp_path):
 
 def test_a_plugin_taking_a_builtin_name_names_its_file_and_line(tmp_path):
     dup = write(tmp_path, "dup.py", """\
-        from hestia.routing.builtin import round_robin
+        from hestia.routing import RoundRobin
 
 
         def register_strategy(registry):
-            registry.register("mine", round_robin)
-            registry.register("round_robin", round_robin)
+            registry.register("mine", lambda options, backends: RoundRobin(options, backends))
+            registry.register(RoundRobin)
     """)
     registry = default_registry()
     with pytest.raises(StrategyError) as info:
@@ -568,9 +741,11 @@ def test_two_plugins_with_one_name_name_both_files(tmp_path):
     second = write(tmp_path, "b_second.py", GOOD)
     with pytest.raises(StrategyError) as info:
         load_plugins(default_registry(), tmp_path)
-    hook_line = GOOD.splitlines().index('    registry.register("last_one", last_one)') + 1
+    lines = GOOD.splitlines()
+    hook_line = lines.index("    registry.register(LastOne)") + 1
+    class_line = lines.index("class LastOne(Strategy):") + 1
     assert str(info.value) == (f"{second}:{hook_line}: strategy 'last_one' is already registered"
-                               f" (by {first} at {first}:{hook_line})")
+                               f" (by {first} at {first}:{class_line})")
 
 
 def test_the_example_sticky_plugin_loads_and_keeps_clients_on_one_backend():
@@ -591,5 +766,7 @@ def test_the_example_sticky_plugin_loads_and_keeps_clients_on_one_backend():
     pinned = {header.pick(ctx(client=c, headers={"x-session": "s1"}), ABC).backend
               for c in clients}
     assert len(pinned) == 1
-    with pytest.raises(StrategyError, match="unknown option"):
+    with pytest.raises(StrategyError) as info:
         registry.create("sticky_client", {"key": "x"}, ["a"])
+    assert info.value.errors == [("key", "unknown option 'key' for sticky_client; valid: header, "
+                                         "name, max_body, unhealthy_for")]

@@ -20,8 +20,8 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
+from ..routing.registry import Registry, default_registry
 from ..routing.router import Route
-from ..routing.strategy import Registry, default_registry
 from ..store import Store
 from .addressing import Addressing
 from .body import read_body

@@ -30,6 +30,7 @@ from ..errors import (
     BackendCrashed,
     BackendSleeping,
     GatewayError,
+    NoRoute,
     UnknownService,
     UpstreamReset,
     UpstreamTimeout,
@@ -41,7 +42,7 @@ from ..lifecycle.supervisor import Lease, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
 from ..routing.router import Route
-from ..routing.strategy import LocalAnswer, NoRoute
+from ..routing.strategy import LocalAnswer
 from ..upstream import (
     LAST_CHUNK,
     BodyReader,

@@ -1,13 +1,14 @@
-"""The built-in strategies: each a small class plus a factory that validates its options.
+"""The built-in strategies: each a small class, with its options model when it has options.
 
 Shared rules, so services behave alike whichever strategy they use:
 - Health: unhealthy and FAILED backends are skipped while a healthy one exists; when none is,
   all are candidates (`strategy.eligible`).
-- Failover: a backend in `exclude` is never returned; when a pick has a non-empty `exclude` (a
-  retry after a connection failure) its reason is "failover", so the log tells retries apart.
-- Order: "configured order" is the order of the backends in the config, which the factory gets;
-  ties are broken by it unless a strategy says otherwise.
-- Options are strict, like the config: an unknown option is a ValueError at creation.
+- Failover: a retry's `pick` is offered only the backends not yet tried (the route filters
+  them, and calls the decision "failover").
+- Order: "configured order" is the order of the backends in the config, which the constructor
+  gets; ties are broken by it unless a strategy says otherwise.
+- Options are strict, like the config: an unknown or ill-typed option is an error at its path
+  before the strategy is made (`registry.Registry.create`).
 
 State kept across picks is only a counter or a weight table; nothing here does I/O or locks.
 """
@@ -16,62 +17,54 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import StringConstraints, ValidationInfo, field_validator
+
+from ..errors import NoBackendLeft, UnknownModel
 from .strategy import (
+    BackendName,
     BackendView,
     Decision,
     LocalAnswer,
-    NoRoute,
-    Registry,
     RequestContext,
     Strategy,
+    StrategyOptions,
     eligible,
 )
 
 __all__ = [
+    "BUILTINS",
     "ByModel",
+    "ByModelOptions",
     "FirstReady",
     "LeastInflight",
+    "LeastInflightOptions",
     "RoundRobin",
     "Weighted",
-    "register_builtins",
 ]
-
-
-def _check_options(strategy: str, options: Mapping[str, Any], known: Sequence[str]) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        allowed = ", ".join(known) if known else "none"
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {strategy} "
-                         f"(allowed: {allowed})")
 
 
 class _Ordered(Strategy):
     """Knows the configured order, so positions survive changes of the eligible set."""
 
-    def __init__(self, backends: Sequence[str]) -> None:
-        self.order = list(backends)
+    def __init__(self, options: StrategyOptions, backends: Sequence[str]) -> None:
+        super().__init__(options, backends)
         self._position = {name: i for i, name in enumerate(self.order)}
 
     def position(self, view: BackendView) -> int:
         # A backend the config did not list (never in practice) sorts after the listed ones.
         return self._position.get(view.name, len(self.order))
 
-    def candidates(self, backends: Sequence[BackendView],
-                   exclude: frozenset[str]) -> list[BackendView]:
-        return sorted(eligible(backends, exclude), key=self.position)
+    def candidates(self, backends: Sequence[BackendView]) -> list[BackendView]:
+        return sorted(eligible(backends), key=self.position)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {' '.join(self.order)}>"
 
 
-def _reason(default: str, exclude: frozenset[str]) -> str:
-    return "failover" if exclude else default
-
-
 class RoundRobin(_Ordered):
-    """In turn over the eligible backends, in configured order.
+    """In turn over the healthy backends, in configured order.
 
     The counter walks the configured order and skips ineligible backends, so a backend going
     unhealthy and back does not reshuffle the turn of the others.
@@ -79,38 +72,33 @@ class RoundRobin(_Ordered):
 
     name = "round_robin"
 
-    def __init__(self, backends: Sequence[str]) -> None:
-        super().__init__(backends)
+    def __init__(self, options: StrategyOptions, backends: Sequence[str]) -> None:
+        super().__init__(options, backends)
         self.next = 0  # position in the configured order to try first
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
-        candidates = self.candidates(backends, exclude)
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
+        candidates = self.candidates(backends)
         chosen = next((b for b in candidates if self.position(b) >= self.next), candidates[0])
         self.next = self.position(chosen) + 1
-        return Decision(chosen.name, _reason("balance", exclude))
-
-
-def round_robin(options: Mapping[str, Any], backends: Sequence[str]) -> RoundRobin:
-    """In turn over the healthy backends in configured order. No options."""
-    _check_options("round_robin", options, ())
-    return RoundRobin(backends)
+        return Decision(chosen.name, "balance")
 
 
 class Weighted(_Ordered):
-    """Smooth weighted round robin (nginx): each pick adds every candidate's weight to its
-    current weight, picks the largest (first in configured order on ties) and subtracts the
-    total from it. Weights 5,1,1 give a a b a c a a: the heavy backend is spread, not bursty."""
+    """Smooth weighted round robin by each backend's `weight`.
+
+    nginx's algorithm: each pick adds every candidate's weight to its current weight, picks the
+    largest (first in configured order on ties) and subtracts the total from it. Weights 5,1,1
+    give a a b a c a a: the heavy backend is spread, not bursty.
+    """
 
     name = "weighted"
 
-    def __init__(self, backends: Sequence[str]) -> None:
-        super().__init__(backends)
+    def __init__(self, options: StrategyOptions, backends: Sequence[str]) -> None:
+        super().__init__(options, backends)
         self.current: dict[str, int] = {}
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
-        candidates = self.candidates(backends, exclude)
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
+        candidates = self.candidates(backends)
         total = 0
         best: BackendView | None = None
         for view in candidates:
@@ -121,69 +109,56 @@ class Weighted(_Ordered):
                 best = view
         assert best is not None  # eligible() never returns an empty list
         self.current[best.name] -= total
-        return Decision(best.name, _reason("balance", exclude))
+        return Decision(best.name, "balance")
 
 
-def weighted(options: Mapping[str, Any], backends: Sequence[str]) -> Weighted:
-    """Smooth weighted round robin by each backend's `weight`. No options."""
-    _check_options("weighted", options, ())
-    return Weighted(backends)
+class LeastInflightOptions(StrategyOptions):
+    tie_break: Literal["round_robin", "order"] = "round_robin"
+    """Which of the backends with equally few requests in flight: `round_robin` (default)
+    rotates through them in configured order, so sequential traffic, where every count is 0,
+    still spreads; `order` takes the first in configured order, which keeps the later backends
+    idle (and, on demand, stopped) until load needs them."""
 
 
 class LeastInflight(_Ordered):
-    """The eligible backend with the fewest requests in flight. Ties: `tie_break: round_robin`
-    (default) rotates through the tied backends in configured order, so sequential traffic,
-    where every count is 0, still spreads; `tie_break: order` takes the first in configured order,
-    which keeps the later backends idle (and, on demand, stopped) until load needs them."""
+    """The healthy backend with the fewest requests in flight (ties: option `tie_break`)."""
 
     name = "least_inflight"
+    Options = LeastInflightOptions
+    options: LeastInflightOptions
 
-    def __init__(self, backends: Sequence[str], tie_break: str) -> None:
-        super().__init__(backends)
-        self.tie_break = tie_break
+    def __init__(self, options: StrategyOptions, backends: Sequence[str]) -> None:
+        super().__init__(options, backends)
         self.next = 0
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
-        candidates = self.candidates(backends, exclude)
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
+        candidates = self.candidates(backends)
         fewest = min(b.in_flight for b in candidates)
         tied = [b for b in candidates if b.in_flight == fewest]
-        if self.tie_break == "order":
+        if self.options.tie_break == "order":
             chosen = tied[0]
         else:
             chosen = next((b for b in tied if self.position(b) >= self.next), tied[0])
             self.next = self.position(chosen) + 1
-        return Decision(chosen.name, _reason("balance", exclude))
-
-
-def least_inflight(options: Mapping[str, Any], backends: Sequence[str]) -> LeastInflight:
-    """Fewest requests in flight. Option `tie_break`: "round_robin" (default) or "order"."""
-    _check_options("least_inflight", options, ("tie_break",))
-    tie_break = options.get("tie_break", "round_robin")
-    if tie_break not in ("round_robin", "order"):
-        raise ValueError(f"tie_break must be 'round_robin' or 'order', not {tie_break!r}")
-    return LeastInflight(backends, tie_break)
+        return Decision(chosen.name, "balance")
 
 
 class FirstReady(_Ordered):
-    """The first READY backend in configured order (reason "ready"), so nothing is woken while
-    one is already serving; else the first eligible one, which the caller starts ("first")."""
+    """Prefer a backend already READY, else the first in configured order.
+
+    The first READY healthy backend in configured order (reason "ready"), so nothing is woken
+    while one is already serving; else the first eligible one, which the caller starts
+    ("first").
+    """
 
     name = "first_ready"
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
-        candidates = self.candidates(backends, exclude)
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
+        candidates = self.candidates(backends)
         ready = next((b for b in candidates if b.state == "READY"), None)
         if ready is not None:
-            return Decision(ready.name, _reason("ready", exclude))
-        return Decision(candidates[0].name, _reason("first", exclude))
-
-
-def first_ready(options: Mapping[str, Any], backends: Sequence[str]) -> FirstReady:
-    """Prefer a backend already READY, else the first in configured order. No options."""
-    _check_options("first_ready", options, ())
-    return FirstReady(backends)
+            return Decision(ready.name, "ready")
+        return Decision(candidates[0].name, "first")
 
 
 def _tagged(model: str) -> str:
@@ -192,42 +167,119 @@ def _tagged(model: str) -> str:
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
 
+_ModelName = Annotated[str, StringConstraints(min_length=1)]
+
+
+class ByModelOptions(StrategyOptions):
+    field: str = "model"
+    """Where the body names the model (default `model`); a dotted path such as `options.model`
+    reads a nested field."""
+    header: str | None = None
+    """A request header naming the model (such as `x-model`), read before the body; a request
+    without it (or with it empty) is routed by the body."""
+    map: dict[_ModelName, BackendName]
+    """Required: `{model name: backend}`, at least one model. `llama3` and `llama3:latest` are
+    the same model (Ollama's implicit tag), so they may not go to different backends."""
+    aliases: dict[_ModelName, _ModelName] = {}
+    """`{alias: model}`: more names for a model of `map` (tagged or not); an alias may not be
+    a model of `map` itself."""
+    default: BackendName | None = None
+    """The backend for a request naming no model or one not in `map`, and the failover for a
+    model whose backend failed. None (the default): such a request is `404 unknown_model`."""
+
+    @field_validator("field")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not all(value.split(".")):
+            raise ValueError(f"must be a dotted name like 'model' or 'options.model', "
+                             f"not {value!r}")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"must be a header name, not {value!r}")
+        return value.strip().lower() if value is not None else None
+
+    @field_validator("map")
+    @classmethod
+    def _one_backend_per_model(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("must name at least one model: {model name: backend}")
+        by_tag: dict[str, str] = {}
+        problems = []
+        for model in value:
+            other = by_tag.setdefault(_tagged(model), model)
+            if value[other] != value[model]:
+                problems.append(f"{other!r} and {model!r} are the same model for Ollama but go "
+                                f"to different backends")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_name_models(cls, value: dict[str, str],
+                             info: ValidationInfo) -> dict[str, str]:
+        """Each alias resolved to the `map` key it means (`llama3` → `llama3:latest`)."""
+        models: dict[str, str] | None = info.data.get("map")
+        if models is None:  # map itself is invalid, and reported
+            return value
+        by_tag = {_tagged(m): m for m in models}
+        resolved: dict[str, str] = {}
+        problems = []
+        for alias, target in value.items():
+            canonical = target if target in models else by_tag.get(_tagged(target))
+            if alias in models:
+                problems.append(f"{alias!r} is already a model in map")
+            elif canonical is None:
+                problems.append(f"{alias!r} names unknown model {target!r} "
+                                f"(models: {', '.join(sorted(models))})")
+            else:
+                resolved[alias] = canonical
+        if problems:
+            raise ValueError("; ".join(problems))
+        return resolved
+
+
 _EPOCH = "1970-01-01T00:00:00Z"
 
 
 class ByModel(Strategy):
-    """Route by model name, and answer model listings from the configuration.
+    """Route by the request's model (`field`, `header`) through `map`/`aliases`, else `default`.
 
     Lookup: the `header` (when configured and present), else the body `field`; then an exact
     `map` key ("map"), an exact alias ("alias"), then the same two with Ollama's implicit
     `:latest` tag added to both sides. No or an unknown model: the `default` backend ("default")
     or 404 `unknown_model` listing the known names. Health and failover: when the model's backend
-    is excluded, or unhealthy while the default is healthy, the `default` serves ("failover");
-    an excluded backend with no default left is 503 `no_backend`. Listings never wake a backend.
+    was already tried, or is unhealthy while the default is healthy, the `default` serves
+    ("failover"); a tried backend with no default left is 503 `no_backend`. Listings never wake
+    a backend.
     """
 
     name = "by_model"
+    Options = ByModelOptions
+    options: ByModelOptions
     needs_body = True
 
-    def __init__(self, *, field: str, header: str | None, models: Mapping[str, str],
-                 aliases: Mapping[str, str], default: str | None) -> None:
-        self.field = field
-        self._path = field.split(".")
-        self.header = header
-        self.models = dict(models)  # model -> backend
-        self.aliases = dict(aliases)  # alias -> a key of `models`
-        self.default = default
+    def __init__(self, options: StrategyOptions, backends: Sequence[str]) -> None:
+        super().__init__(options, backends)
+        self._path = self.options.field.split(".")
+        self.models = dict(self.options.map)  # model -> backend
+        self.aliases = dict(self.options.aliases)  # alias -> a key of `models`
         self._models_tagged = {_tagged(m): m for m in self.models}
         self._aliases_tagged = {_tagged(a): a for a in self.aliases}
         self.known = sorted(set(self.models) | set(self.aliases))
 
     def __repr__(self) -> str:
-        return f"<ByModel field={self.field} models={len(self.models)} default={self.default}>"
+        return (f"<ByModel field={self.options.field} models={len(self.models)} "
+                f"default={self.options.default}>")
 
     def model_of(self, ctx: RequestContext) -> str | None:
         """The requested model name, or None when the request names none."""
-        if self.header:
-            value = ctx.headers.get(self.header, "").strip()
+        if self.options.header:
+            value = ctx.headers.get(self.options.header, "").strip()
             if value:
                 return value
         data = ctx.json
@@ -250,40 +302,35 @@ class ByModel(Strategy):
             return self.models[self.aliases[self._aliases_tagged[tagged]]], "alias"
         return None
 
-    def pick(self, ctx: RequestContext, backends: Sequence[BackendView],
-             exclude: frozenset[str] = frozenset()) -> Decision:
+    def pick(self, ctx: RequestContext, backends: Sequence[BackendView]) -> Decision:
         model = self.model_of(ctx)
         hit = self.resolve(model) if model is not None else None
+        default = self.options.default
         if hit is None:
-            if self.default is None:
+            if default is None:
                 detail = (f"unknown model {model!r}" if model is not None else
                           f"the request names no model ({self._where_model()})")
-                raise NoRoute(404, "unknown_model", detail, model=model, models=self.known)
-            hit = (self.default, "default")
+                raise UnknownModel(detail, model=model, models=self.known)
+            hit = (default, "default")
         backend, reason = hit
-        views = {b.name: b for b in backends}
-
-        def available(name: str) -> bool:
-            view = views.get(name)
-            return view is None or view.available
-
-        fallback = self.default
-        if backend in exclude or not available(backend):
+        offered = {b.name: b for b in backends}  # a backend already tried is not offered
+        mine = offered.get(backend)
+        if mine is None or not mine.available:
             # Another backend may not serve this model; only the configured default is a
             # fallback, and for mere ill health only when it is itself healthy.
-            if (fallback is not None and fallback != backend and fallback not in exclude
-                    and (backend in exclude or available(fallback))):
-                return Decision(fallback, "failover")
-            if backend in exclude:
+            fallback = offered.get(default) if default is not None else None
+            if fallback is not None and default != backend and (mine is None
+                                                                or fallback.available):
+                return Decision(fallback.name, "failover")
+            if mine is None:
                 served = f"model {model!r}" if model is not None else "this request"
-                raise NoRoute(503, "no_backend",
-                              f"backend {backend!r} failed and no other backend serves "
-                              f"{served}", retry_after=1, model=model)
-        return Decision(backend, _reason(reason, exclude))
+                raise NoBackendLeft(f"backend {backend!r} failed and no other backend serves "
+                                    f"{served}", model=model)
+        return Decision(backend, reason)
 
     def _where_model(self) -> str:
-        body = f"body field {self.field!r}"
-        return f"header {self.header!r} or {body}" if self.header else body
+        body = f"body field {self.options.field!r}"
+        return f"header {self.options.header!r} or {body}" if self.options.header else body
 
     def answer(self, ctx: RequestContext,
                backends: Sequence[BackendView]) -> LocalAnswer | None:
@@ -318,70 +365,5 @@ def _json(payload: Any) -> LocalAnswer:
                        json.dumps(payload).encode())
 
 
-def _string_map(option: str, value: Any, problems: list[str]) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        problems.append(f"{option} must be a mapping, not {type(value).__name__}")
-        return {}
-    bad = [k for k, v in value.items() if not (isinstance(k, str) and k and isinstance(v, str))]
-    if bad:
-        problems.append(f"{option}: keys and values must be non-empty strings ({bad!r})")
-    return {k: v for k, v in value.items() if k not in bad}
-
-
-def by_model(options: Mapping[str, Any], backends: Sequence[str]) -> ByModel:
-    """Route by the request's model (`field`, `header`) through `map`/`aliases`, else `default`.
-
-    Options: `field` (default "model"; dotted paths like "options.model"), `header` (e.g.
-    "x-model", read before the body), `map` ({model: backend}, required), `aliases` ({alias:
-    model in map}), `default` (a backend for unknown or missing models; else 404).
-    """
-    _check_options("by_model", options, ("field", "header", "map", "aliases", "default"))
-    problems: list[str] = []
-    known_backends = ", ".join(backends)
-    field = options.get("field", "model")
-    if not isinstance(field, str) or not all(field.split(".")):
-        problems.append(f"field must be a dotted name like 'model' or 'options.model', "
-                        f"not {field!r}")
-        field = "model"
-    header = options.get("header")
-    if header is not None and (not isinstance(header, str) or not header.strip()):
-        problems.append(f"header must be a header name, not {header!r}")
-        header = None
-    if "map" not in options:
-        problems.append("map is required: {model name: backend}")
-    models = _string_map("map", options.get("map", {}), problems)
-    if "map" in options and not models:
-        problems.append("map must name at least one model")
-    for model, backend in models.items():
-        if backend not in backends:
-            problems.append(f"map[{model!r}]: unknown backend {backend!r} "
-                            f"(backends: {known_backends})")
-    by_tag: dict[str, str] = {}
-    for model in models:
-        other = by_tag.setdefault(_tagged(model), model)
-        if models[other] != models[model]:
-            problems.append(f"map: {other!r} and {model!r} are the same model for Ollama "
-                            f"but go to different backends")
-    aliases: dict[str, str] = {}
-    for alias, target in _string_map("aliases", options.get("aliases") or {}, problems).items():
-        canonical = target if target in models else by_tag.get(_tagged(target))
-        if alias in models:
-            problems.append(f"aliases[{alias!r}]: {alias!r} is already a model in map")
-        elif canonical is None:
-            problems.append(f"aliases[{alias!r}]: unknown model {target!r} "
-                            f"(models: {', '.join(sorted(models))})")
-        else:
-            aliases[alias] = canonical
-    default = options.get("default")
-    if default is not None and default not in backends:
-        problems.append(f"default: unknown backend {default!r} (backends: {known_backends})")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return ByModel(field=field, header=header.strip().lower() if header else None,
-                   models=models, aliases=aliases, default=default)
-
-def register_builtins(registry: Registry) -> None:
-    """Register every built-in strategy (origin "builtin")."""
-    for factory in (round_robin, weighted, least_inflight, first_ready, by_model):
-        registry.register(factory.__name__, factory, origin="builtin")
-
+BUILTINS: tuple[type[Strategy], ...] = (RoundRobin, Weighted, LeastInflight, FirstReady, ByModel)
+"""Every built-in strategy, registered (origin "builtin") by `registry.default_registry`."""

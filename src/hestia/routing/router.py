@@ -23,20 +23,11 @@ import structlog
 import trio
 
 from ..config import BACKEND_SEPARATOR, Config, RouteConfig, StrategyConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, StrategyError
 from ..lifecycle.leases import State
 from ..lifecycle.supervisor import Supervisor
-from .strategy import (
-    BackendView,
-    Decision,
-    LocalAnswer,
-    Registry,
-    RequestContext,
-    Strategy,
-    StrategyError,
-    default_registry,
-    load_plugins,
-)
+from .registry import Registry, default_registry, load_plugins
+from .strategy import BackendView, Decision, LocalAnswer, RequestContext, Strategy, choose
 
 __all__ = ["PROBE_EVERY", "Route", "build_routes", "load_registry", "strategy_errors"]
 
@@ -86,9 +77,10 @@ class Route:
 
     def pick(self, ctx: RequestContext,
              exclude: frozenset[str] = frozenset()) -> tuple[Supervisor, Decision]:
-        """The backend for this request. Raises `NoRoute` (a `GatewayError`)."""
+        """The backend for this request, not one of `exclude` (tried by a failover retry).
+        Raises `NoRoute` (a `GatewayError`); see `strategy.choose`."""
         assert self.strategy is not None
-        decision = self.strategy.pick(ctx, self.views(), exclude)
+        decision = choose(self.strategy, ctx, self.views(), exclude)
         self.decisions[decision.backend, decision.reason] += 1
         return self.backends[decision.backend], decision
 
@@ -139,25 +131,34 @@ def load_registry(directory: Path) -> Registry:
     return registry
 
 
+def _make(service: str, route: RouteConfig, backends: Sequence[str], registry: Registry,
+          errors: list[tuple[str, str]]) -> Strategy | None:
+    """The route's strategy, or None with its problems added to `errors`, each at its path
+    (`services.<id>.strategy`, or below it for one option: `services.<id>.strategy.map.x`)."""
+    try:
+        return registry.create(route.strategy.name, route.strategy.options, backends)
+    except StrategyError as exc:
+        base = f"services.{service}.strategy"
+        errors += [(f"{base}.{path}" if path else base, message) for path, message in exc.errors]
+        return None
+
+
 def strategy_errors(routes: Mapping[str, RouteConfig],
                     registry: Registry) -> list[tuple[str, str]]:
     """Make every service's strategy once, as the gateway will (for `hestia check`): the
-    `(path, message)` of each one that cannot be made."""
+    `(path, message)` of each problem (unknown name, each bad option)."""
     errors: list[tuple[str, str]] = []
     for service, route in routes.items():
         if len(route.backends) > 1:
-            try:
-                registry.create(route.strategy.name, route.strategy.options,
-                                [b.partition(BACKEND_SEPARATOR)[2] for b in route.backends])
-            except StrategyError as exc:
-                errors.append((f"services.{service}.strategy", str(exc)))
+            _make(service, route, [b.partition(BACKEND_SEPARATOR)[2] for b in route.backends],
+                  registry, errors)
     return errors
 
 
 def build_routes(config: Config, supervisors: Mapping[str, Supervisor],
                  registry: Registry) -> dict[str, Route]:
-    """A route per service. Raises `ConfigError` listing every strategy that cannot be made
-    (unknown name, bad options), with its path."""
+    """A route per service. Raises `ConfigError` listing every strategy problem (unknown name,
+    each bad option), with its path."""
     routes: dict[str, Route] = {}
     errors: list[tuple[str, str]] = []
     for service, route in config.routes.items():
@@ -167,11 +168,8 @@ def build_routes(config: Config, supervisors: Mapping[str, Supervisor],
             continue
         strategy: Strategy | None = None
         if len(backends) > 1:
-            try:
-                strategy = registry.create(route.strategy.name, route.strategy.options,
-                                           [name for name, _ in backends])
-            except StrategyError as exc:
-                errors.append((f"services.{service}.strategy", str(exc)))
+            strategy = _make(service, route, [name for name, _ in backends], registry, errors)
+            if strategy is None:
                 continue
         routes[service] = Route(service, backends, strategy, route.strategy)
     if errors:
