@@ -59,8 +59,8 @@ from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier
 from .private_files import data_dir_warning, private_dir
+from .routing.registry import Registry
 from .routing.router import Route, build_routes, load_registry
-from .routing.strategy import Registry
 from .semaphore.hub import SemaphoreHub
 from .store import Store, StoreError, open_error
 
