@@ -120,15 +120,20 @@ def test_start_and_stop_buttons(serve: Serve, page: Page) -> None:
     expect(app.locator('[data-field="idle"]')).to_have_text(re.compile(r"^in (9|10) min \d+ s$"))
     expect(start).to_be_disabled()
 
-    # A page that had not heard yet shows what the gateway answers (409) in words.
-    start.evaluate("button => button.disabled = false")
-    start.click()
+    # A page that had not heard yet shows what the gateway answers (409) in words. (Pressed
+    # in one go: the page's next tick would disable the button again.)
+    start.evaluate("button => { button.disabled = false; button.click(); }")
     expect(app.locator('[data-field="message"]')).to_have_text(
         "Start refused: 'app' is already READY")
 
     stop.click()
     expect(state_of(page, "app")).to_have_text("COLD", timeout=10_000)
     assert api(gateway, "GET", "/v1/services/app/status").json()["state"] == "COLD"
+
+    page.get_by_label("Filter services").fill("nothing like it")
+    expect(app).to_be_hidden()
+    page.get_by_label("Filter services").fill("ap")
+    expect(app).to_be_visible()
 
 
 def test_machines_are_enabled_and_disabled(serve: Serve, page: Page) -> None:

@@ -128,11 +128,19 @@
       init.headers["Content-Type"] = "application/json";
       init.body = "{}";
     }
-    const response = await fetch(path, init);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      throw new Error(`cannot reach Hestia (${error.message})`);
+    }
     const body = await response.json().catch(() => null);
     if (!response.ok) {
+      // The gateway's error body says why (a 409's "already READY", a 401's "log in again").
       const why = (body && body.detail) || `${response.status} ${response.statusText}`;
-      throw new Error(why);
+      const refusal = new Error(why);
+      refusal.refused = true;
+      throw refusal;
     }
     return body;
   }
@@ -253,7 +261,8 @@
       refreshSoon(card.el.dataset.id);
     } catch (error) {
       message.classList.add("error");
-      setText(message, `${action === "start" ? "Start" : "Stop"} refused: ${error.message}`);
+      const verb = action === "start" ? "Start" : "Stop";
+      setText(message, `${verb} ${error.refused ? "refused" : "failed"}: ${error.message}`);
     } finally {
       card.pending = false;
       renderCard(card);
@@ -280,7 +289,8 @@
     row.dataset.enabled = String(m.enabled);
     row.dataset.available = String(m.available);
     setText(row.querySelector('[data-field="status"]'), machineState(m));
-    setText(row.querySelector('[data-field="failures"]'), `${m.failuresInARow} of ${m.maxFailures}`);
+    setText(row.querySelector('[data-field="failures"]'),
+      `${m.failuresInARow} of ${m.maxFailures}`);
     const button = row.querySelector("button");
     button.dataset.action = m.enabled ? "disable" : "enable";
     button.firstChild.textContent = m.enabled ? "Disable" : "Enable";
@@ -307,8 +317,8 @@
           `/v1/machines/${encodeURIComponent(row.dataset.machine)}/${action}`));
       } catch (error) {
         machinesMessage.classList.add("error");
-        setText(machinesMessage,
-          `${action === "enable" ? "Enable" : "Disable"} ${row.dataset.machine} refused: ${error.message}`);
+        setText(machinesMessage, `${action === "enable" ? "Enable" : "Disable"} ` +
+          `${row.dataset.machine} ${error.refused ? "refused" : "failed"}: ${error.message}`);
       } finally {
         button.disabled = false;
       }
@@ -429,7 +439,9 @@
   document.getElementById("filter-box").hidden = false;
   filter.addEventListener("input", () => {
     const words = filter.value.trim().toLowerCase();
-    for (const [id, card] of cards) card.el.hidden = words !== "" && !id.toLowerCase().includes(words);
+    for (const [id, card] of cards) {
+      card.el.hidden = words !== "" && !id.toLowerCase().includes(words);
+    }
   });
 
   for (const card of cards.values()) renderCard(card);
