@@ -525,10 +525,28 @@ def test_registry_refuses_a_strategy_class_that_breaks_the_contract():
 def test_every_builtin_documents_each_of_its_options_and_the_docs_list_them():
     docs = (REPO / "docs" / "strategies.md").read_text()
     for strategy in BUILTINS:
-        assert f"`{strategy.name}`" in docs
+        assert f"| `{strategy.name}` |" in docs
         for option, field in strategy.Options.model_fields.items():
             assert field.description, f"{strategy.name}.{option} has no docstring"
-            assert f"`{option}`" in docs, f"docs/strategies.md does not mention {option}"
+            row = f"| `{strategy.name}` | `{option}` | "
+            assert row in docs, f"docs/strategies.md has no row for {strategy.name}.{option}"
+
+
+def test_the_example_in_the_plugin_readme_works_as_it_says(tmp_path):
+    readme = (REPO / "strategies" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
+    write(tmp_path, "prefer.py", code)
+    registry = default_registry()
+    load_plugins(registry, tmp_path)
+    prefer = registry.create("prefer", {"name": "prefer", "backend": "b"}, ["a", "b", "c"])
+    assert choose(prefer, ctx(), ABC) == Decision("b", "preferred")
+    assert choose(prefer, ctx(), ABC, frozenset({"b"})) == Decision("a", "failover")
+    with pytest.raises(StrategyError) as info:
+        registry.create("prefer", {"reasn": "x"}, ["a", "b"])
+    assert info.value.errors == [
+        ("backend", "required by prefer"),
+        ("reasn", "unknown option 'reasn' for prefer (did you mean 'reason'?); valid: backend, "
+                  "reason, name, max_body, unhealthy_for")]
 
 
 def test_registry_refuses_a_factory_that_builds_no_strategy():
