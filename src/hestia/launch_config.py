@@ -42,12 +42,13 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
-    """`250ms`, `30s`, `5m`, `1h`, or a number of seconds → seconds (float, never negative)."""
+    """`250ms`, `30s`, `5m`, `1h`, `7d`, or a number of seconds → seconds (float, never
+    negative)."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 250ms, 30s, 5m")
     if isinstance(value, int | float):
@@ -56,7 +57,7 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
         raise ValueError(
-            f"invalid duration {value!r}: use a number of seconds or 250ms, 30s, 5m, 1h")
+            f"invalid duration {value!r}: use a number of seconds or 250ms, 30s, 5m, 1h, 7d")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds

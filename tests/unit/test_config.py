@@ -16,14 +16,15 @@ MINIMAL = {"services": {"ollama": {"upstream": "http://127.0.0.1:11434",
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
-    ("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), (12, 12.0), ("1.5", 1.5),
+    ("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("7d", 604800.0), (12, 12.0),
+    ("1.5", 1.5),
     (0, 0.0),
 ])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["5 minutes", "-3s", "", True, "1d"])
+@pytest.mark.parametrize("text", ["5 minutes", "-3s", "", True, "1w", "1m30s"])
 def test_bad_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
