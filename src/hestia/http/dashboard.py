@@ -85,8 +85,8 @@ def _link(addressing: Addressing, service: str) -> str:
     if host is None:
         return f"/services/{service}/"
     scheme = "https" if is_https(request.scope) else "http"
-    name, colon, port = request.host.rpartition(":")
-    suffix = f":{port}" if colon and port.isdigit() and not name.endswith("]") else ""
+    _, colon, port = request.host.rpartition(":")  # `[::1]` alone leaves `1]`: no port
+    suffix = f":{port}" if colon and port.isdigit() else ""
     return f"{scheme}://{host}{suffix}/"
 
 
