@@ -10,7 +10,7 @@ import trio.testing
 
 from hestia.config import ServiceConfig
 from hestia.errors import StartFailed
-from hestia.launchers.base import LaunchContext
+from hestia.launchers.base import LaunchContext, Launcher
 from hestia.lifecycle.supervisor import Supervisor
 
 
@@ -49,7 +49,7 @@ class FakeRunning:
         return [f"fake log of pid {self.pid}"]
 
 
-class FakeLauncher:
+class FakeLauncher(Launcher):
     """Starts a `FakeRunning` that is ready `start_s` after its start.
 
     `ready=False`: never ready. `exit_after`: ends by itself that long after its start with

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 from urllib.parse import urlsplit
 
 import trio
@@ -65,7 +65,22 @@ class Running(Protocol):
 
 
 class Launcher(Protocol):
-    """Starts a backend. Raises `StartFailed` when it cannot even begin (e.g. no such program)."""
+    """Starts a backend. Raises `StartFailed` when it cannot even begin (e.g. no such program).
+
+    Launchers subclass it, for the defaults of what the supervisor asks of each (startup.py).
+    """
+
+    # A remote job that bounds itself (a Semaphore task has `task_timeout`): the readiness
+    # timeout counts from the end of `start`, not from its beginning.
+    times_its_start: ClassVar[bool] = False
+    # Nothing is started (an `external` backend): one probe decides at once, instead of
+    # probing until the readiness timeout.
+    probe_only: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        """Its name in the configuration (`process`, `semaphore`, …); launchers set it."""
+        return type(self).__name__
 
     async def start(self, context: LaunchContext) -> Running: ...
 

@@ -17,7 +17,6 @@ never raised: the supervisor stops inside a shielded scope and has nobody to han
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -27,7 +26,14 @@ import trio
 from ..config import CommandLauncherConfig
 from ..errors import StartFailed
 from .base import LaunchContext, StopOnce
-from .process import ProcessRunning, describe_exit, record_slot, rotate_log, run_bounded, spawn
+from .process import (
+    LocalLauncher,
+    ProcessRunning,
+    describe_exit,
+    program_env,
+    run_bounded,
+    spawn,
+)
 
 __all__ = ["CommandLauncher", "CommandRunning"]
 
@@ -83,7 +89,7 @@ class CommandRunning:
     async def _run_stop(self, command: str) -> None:
         service = self._context.service
         timeout = self._config.stop_timeout
-        env = {**os.environ, **self._config.env, **self._context.environment("stop")}
+        env = program_env(self._context, "stop", self._config.env)
         try:
             status, running = await run_bounded(
                 [_SHELL, "-c", command], service=service, log_path=self._log_path, env=env,
@@ -108,16 +114,10 @@ class CommandRunning:
         return self._start.log_tail(lines)
 
 
-class CommandLauncher:
+class CommandLauncher(LocalLauncher[CommandLauncherConfig]):
     """Runs `config.start` with `/bin/sh -c`, its output appended to `log_path`."""
 
     kind = "command"
-
-    def __init__(self, config: CommandLauncherConfig, log_path: Path,
-                 record_path: Path | None = None) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.record_path = record_path
 
     def __repr__(self) -> str:
         return f"<CommandLauncher {self.config.start!r}>"
@@ -125,11 +125,9 @@ class CommandLauncher:
     async def start(self, context: LaunchContext) -> CommandRunning:
         """Spawn the start command and return at once (its exit is `wait`'s business).
         Raises `StartFailed` when it cannot be spawned (e.g. `cwd` does not exist)."""
-        env = {**os.environ, **self.config.env, **context.environment("start")}
-        rotate_log(self.log_path)
+        env = self.begin(context, self.config.env)
         running = await spawn([_SHELL, "-c", self.config.start], service=context.service,
                               log_path=self.log_path, env=env, cwd=self.config.cwd,
                               label=self.config.start, stop_timeout=self.config.stop_timeout,
-                              record=record_slot(self.record_path, context, self.kind,
-                                                 self.config))
+                              record=self.record(context))
         return CommandRunning(running, self.config, context, self.log_path)

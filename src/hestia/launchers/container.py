@@ -15,7 +15,6 @@ Hestia's environment plus the `HESTIA_*` variables (`HESTIA_ACTION` is `start` o
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from ..errors import StartFailed
 from .base import LaunchContext, StopOnce, upstream_host
 from .ports import check_port
 from .process import (
+    LocalLauncher,
     ProcessRunning,
     describe_exit,
+    program_env,
     read_tail,
-    record_slot,
-    rotate_log,
     run_bounded,
     spawn,
 )
@@ -55,15 +54,13 @@ class _Cli:
         self.context = context
         self.log_path = log_path
 
-    def env(self, action: str) -> dict[str, str]:
-        return {**os.environ, **self.context.environment(action)}
-
     async def call(self, *args: str, action: str,
                    timeout: float) -> tuple[int | None, ProcessRunning]:
         """Raises `StartFailed` when the runtime cannot be run."""
         return await run_bounded(
             [self.runtime, *args], service=self.context.service, log_path=self.log_path,
-            env=self.env(action), action="starting" if action == "start" else "stopping",
+            env=program_env(self.context, action),
+            action="starting" if action == "start" else "stopping",
             label=" ".join([self.config.runtime, *args]), timeout=timeout)
 
     async def stop(self) -> None:
@@ -121,16 +118,10 @@ class ContainerRunning:
         return read_tail(self._cli.log_path, self._log_offset, lines)
 
 
-class ContainerLauncher:
+class ContainerLauncher(LocalLauncher[ContainerLauncherConfig]):
     """Starts `config.name` through `config.runtime`, the CLI's output in `log_path`."""
 
     kind = "container"
-
-    def __init__(self, config: ContainerLauncherConfig, log_path: Path,
-                 record_path: Path | None = None) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.record_path = record_path
 
     def __repr__(self) -> str:
         what = self.config.image or "existing"
@@ -148,7 +139,7 @@ class ContainerLauncher:
         if runtime is None:
             raise StartFailed(f"{config.runtime} not found on PATH", service=context.service,
                               reason="spawn_failed")
-        rotate_log(self.log_path)
+        env = self.begin(context)
         cli = _Cli(runtime, config, context, self.log_path)
         if config.image is None:
             status, started = await cli.call("start", config.name, action="start",
@@ -167,7 +158,6 @@ class ContainerLauncher:
         argv = ["run", "--rm", "--name", config.name, *config.run_args, config.image,
                 *config.args]
         run = await spawn([runtime, *argv], service=context.service, log_path=self.log_path,
-                          env=cli.env("start"), label=" ".join([config.runtime, *argv]),
-                          stop_timeout=config.stop_timeout,
-                          record=record_slot(self.record_path, context, self.kind, config))
+                          env=env, label=" ".join([config.runtime, *argv]),
+                          stop_timeout=config.stop_timeout, record=self.record(context))
         return ContainerRunning(cli, run, run.log_offset)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from .base import LaunchContext
+from .base import LaunchContext, Launcher
 
 __all__ = ["ExternalLauncher", "ExternalRunning"]
 
@@ -32,7 +32,7 @@ class ExternalRunning:
         return []
 
 
-class ExternalLauncher:
+class ExternalLauncher(Launcher):
     kind = "external"
     probe_only = True  # the supervisor decides with one probe instead of waiting
 

@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import structlog
 import trio
@@ -30,12 +31,12 @@ from pydantic import BaseModel
 from ..config import ProcessLauncherConfig
 from ..errors import StartFailed
 from ..private_files import open_private, private_dir
-from .base import LaunchContext, upstream_host
+from .base import LaunchContext, Launcher, upstream_host
 from .ports import check_port
 from .registry import Record, RecordSlot, fingerprint, forget, record_spawned
 
-__all__ = ["ProcessLauncher", "ProcessRunning", "describe_exit", "read_tail", "record_slot",
-           "rotate_log", "run_bounded", "spawn"]
+__all__ = ["LocalLauncher", "ProcessLauncher", "ProcessRunning", "describe_exit", "program_env",
+           "read_tail", "rotate_log", "run_bounded", "spawn"]
 
 log = structlog.get_logger("hestia.process")
 
@@ -70,13 +71,11 @@ def read_tail(path: Path, offset: int, lines: int) -> list[str]:
     return text[-lines:]
 
 
-def record_slot(path: Path | None, context: LaunchContext, launcher: str,
-                config: BaseModel) -> RecordSlot | None:
-    """What a launcher passes to `spawn(record=…)`: None when it was built without a registry
-    path (tests, tools), so that nothing is recorded."""
-    if path is None:
-        return None
-    return RecordSlot(path, context.upstream, context.machine, launcher, fingerprint(config))
+def program_env(context: LaunchContext, action: str,
+                extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a program a launcher runs: Hestia's own, then `extra` (the launcher's
+    `env`), then `context`'s `HESTIA_*` variables with `HESTIA_ACTION=action`."""
+    return {**os.environ, **(extra or {}), **context.environment(action)}
 
 
 def describe_exit(status: int | None) -> str:
@@ -213,16 +212,38 @@ async def run_bounded(command: Sequence[str], *, service: str, log_path: Path,
                 await running.process.wait()
 
 
-class ProcessLauncher:
-    """Starts `config.command` with its output in `log_path`."""
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
-    kind = "process"
 
-    def __init__(self, config: ProcessLauncherConfig, log_path: Path,
-                 record_path: Path | None = None) -> None:
+class LocalLauncher(Launcher, Generic[ConfigT]):
+    """What the `process`, `command` and `container` launchers share: their configuration, the
+    log what they run writes to, where the process they keep running as the backend is
+    recorded (`record_path`; None: not recorded), and the beginning of every start."""
+
+    def __init__(self, config: ConfigT, log_path: Path, record_path: Path | None = None) -> None:
         self.config = config
         self.log_path = log_path
         self.record_path = record_path
+
+    def begin(self, context: LaunchContext, env: Mapping[str, str] | None = None,
+              ) -> dict[str, str]:
+        """The prelude of a start: the log rotated (once per start, see `rotate_log`); the
+        environment of the start's program (`program_env` with the launcher's `env`)."""
+        rotate_log(self.log_path)
+        return program_env(context, "start", env)
+
+    def record(self, context: LaunchContext) -> RecordSlot | None:
+        """What `spawn(record=…)` gets for the process kept running as the backend."""
+        if self.record_path is None:
+            return None
+        return RecordSlot(self.record_path, context.upstream, context.machine, self.kind,
+                          fingerprint(self.config))
+
+
+class ProcessLauncher(LocalLauncher[ProcessLauncherConfig]):
+    """Starts `config.command` with its output in `log_path`."""
+
+    kind = "process"
 
     def __repr__(self) -> str:
         return f"<ProcessLauncher {self.config.command[0]!r}>"
@@ -231,10 +252,8 @@ class ProcessLauncher:
         """Raises `StartFailed` when the program cannot be run, or when something else already
         listens on the upstream's port on this machine (`port_in_use`, see ports.py)."""
         await check_port(context.service, upstream_host(context.upstream), context.port)
-        env = {**os.environ, **self.config.env, **context.environment("start")}
-        rotate_log(self.log_path)
+        env = self.begin(context, self.config.env)
         return await spawn(self.config.command, service=context.service,
                            log_path=self.log_path, env=env, cwd=self.config.cwd,
                            stop_signal=self.config.signal,
-                           stop_timeout=self.config.stop_timeout,
-                           record=record_slot(self.record_path, context, self.kind, self.config))
+                           stop_timeout=self.config.stop_timeout, record=self.record(context))

@@ -35,7 +35,7 @@ from ..errors import StartFailed
 from ..private_files import open_private
 from ..semaphore.client import SemaphoreClient, SemaphoreError
 from ..semaphore.tasks import Automation, TaskRecord, TemplateError, Templates
-from .base import LaunchContext, StopOnce
+from .base import LaunchContext, Launcher, StopOnce
 from .process import read_tail, rotate_log
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class TaskFailed(Exception):
         self.extra = extra
 
 
-class SemaphoreLauncher:
+class SemaphoreLauncher(Launcher):
     """Runs `config.start_template` / `config.stop_template` in Semaphore project `project`."""
 
     kind = "semaphore"

@@ -24,7 +24,7 @@ import trio
 from ..config import WolLauncherConfig
 from ..errors import StartFailed
 from ..private_files import open_private, private_dir
-from .base import LaunchContext, StopOnce
+from .base import LaunchContext, Launcher, StopOnce
 from .process import describe_exit, read_tail, run_bounded
 
 __all__ = ["WolLauncher", "WolRunning", "build_magic_packet"]
@@ -111,7 +111,7 @@ class WolRunning:
         return read_tail(self.log_path, self._log_offset, lines)
 
 
-class WolLauncher:
+class WolLauncher(Launcher):
     """Wakes `config.mac` with a magic packet to `config.broadcast:config.port`; the stop
     command's output goes to `log_path`."""
 

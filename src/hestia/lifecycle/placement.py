@@ -43,7 +43,7 @@ class Placement:
     @property
     def kind(self) -> str:
         """The launcher's kind: `process`, `semaphore`, …"""
-        return getattr(self.launcher, "kind", type(self.launcher).__name__)
+        return self.launcher.kind
 
     @classmethod
     def primary(cls, service: ServiceConfig, launcher: Launcher, probe: Probe) -> Placement:
