@@ -1,7 +1,12 @@
-"""The start sequence of a supervisor: attempts over placements, with backoff, to READY or FAILED.
+"""How a supervisor starts its backend: attempts over placements, and the restart backoff.
 
-A mixin of `Supervisor` (lifecycle/supervisor.py), split out to keep both modules readable; its
-methods run only in the supervisor's own task and use the supervisor's state freely.
+Two collaborators of `Supervisor` (lifecycle/supervisor.py), which owns one of each, calls them
+from its own task only, and keeps the backend's state to itself:
+
+- `StartSequence` tries the placements in order, each `startup.attempts` times with backoff,
+  and hands back the started backend, ready, or the failure that lists every attempt;
+- `Backoff` counts failures in a row (failed starts, crashes) and says when the next start may
+  begin, and how long FAILED lasts.
 
 One backoff serves both the attempts within a start and the restarts after failures in a row
 (crashes, failed starts of a `keep_warm` backend): `restart_delay`, from `startup`'s `delay`,
@@ -11,8 +16,8 @@ One backoff serves both the attempts within a start and the restarts after failu
 from __future__ import annotations
 
 import math
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 import trio
@@ -20,13 +25,10 @@ import trio
 from ..config import StartupConfig
 from ..errors import GatewayError, StartCancelled, StartFailed
 from ..launchers.base import LaunchContext, Running
-from .leases import State
+from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, probe_once, until_ready
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
-
-__all__ = ["STABLE_AFTER", "StartSequence", "restart_delay"]
+__all__ = ["STABLE_AFTER", "Backoff", "StartSequence", "restart_delay"]
 
 log = structlog.get_logger("hestia.supervisor")
 
@@ -49,99 +51,146 @@ def restart_delay(startup: StartupConfig, failures: int) -> float:
     return min(startup.max_delay, delay)
 
 
+class Backoff:
+    """Failures in a row, and when the next start may begin (trio clock). It decides; the
+    supervisor acts on what it says."""
+
+    __slots__ = ("startup", "failures", "retry_at", "failed_until")
+
+    def __init__(self, startup: StartupConfig) -> None:
+        self.startup = startup
+        self.failures = 0  # failed starts and crashes since it last stayed READY long enough
+        self.retry_at = -math.inf  # no start but a person's before this
+        self.failed_until = 0.0  # the end of FAILED's cool-down
+
+    def __repr__(self) -> str:
+        wait = self.next_attempt_in()
+        return (f"<Backoff failures={self.failures}"
+                f"{'' if wait is None else f' next_in={wait:.1f}s'}>")
+
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the next start may begin; None: it may begin at once."""
+        left = self.retry_at - trio.current_time()
+        return left if left > 0 else None
+
+    def cooldown_remaining(self) -> float:
+        return max(0.0, self.failed_until - trio.current_time())
+
+    def reset(self) -> None:
+        """Stopped on purpose, or proved itself: what failed before is no longer in a row."""
+        self.failures = 0
+        self.retry_at = -math.inf
+
+    def crashed(self, ready_for: float) -> float | None:
+        """A backend READY for `ready_for` seconds crashed (or failed its health checks). One
+        that stayed `STABLE_AFTER` may start again at once (None); one that crashed sooner is
+        in a crash loop: the delay its next start waits, for the failures in a row so far."""
+        if ready_for >= STABLE_AFTER:
+            self.reset()
+            return None
+        self.failures += 1
+        delay = restart_delay(self.startup, self.failures)
+        self.retry_at = trio.current_time() + delay
+        return delay
+
+    def start_failed(self, *, keep_warm: bool) -> bool:
+        """Every attempt of a start failed (it was not cancelled). A `keep_warm` backend's next
+        start waits for the backoff, and at least the cool-down. Whether to be FAILED for the
+        cool-down (else COLD at once)."""
+        startup = self.startup
+        self.failures += 1
+        if keep_warm:
+            self.retry_at = trio.current_time() + max(
+                restart_delay(startup, self.failures), startup.cooldown)
+        if startup.cooldown <= 0:
+            return False
+        self.failed_until = trio.current_time() + startup.cooldown
+        return True
+
+
 class StartSequence:
-    """`_start` and what it needs; `Supervisor` inherits it."""
+    """The attempts of one backend's starts: `begin`, then `run`, then `failure` if it failed.
 
-    async def _start(self: Supervisor, nursery: trio.Nursery) -> None:
-        """Try `startup.attempts` times with backoff: READY, or FAILED listing every attempt."""
-        self._start_requested = False
-        self._auto_start = False
-        placements = [p for p in self.placements
-                      if self._start_on is None or p.machine == self._start_on
-                      ] or self.placements
-        self._start_on = None
-        self._exit = None
-        self.starts += 1
-        self._set_state(State.STARTING)
-        self.history.begin()
-        began = trio.current_time()
-        startup = self.config.startup
-        attempts: list[dict[str, Any]] = []
-        running: Running | None = None
-        with trio.CancelScope() as self._start_scope:
-            if self.group is not None:
-                await self.group.acquire(self)
-            for placement in placements:
-                skip = self.machines.unavailable(placement.machine)
-                if skip is not None:
-                    attempts.append({"attempt": 0, "machine": placement.machine,
-                                     "launcher": placement.kind, "detail": skip,
-                                     "reason": "machine_unavailable", "duration_ms": 0.0})
-                    log.warning("placement_skipped", service=self.name,
-                                machine=placement.machine, detail=skip)
-                    continue
-                self.placement = placement
-                for number in range(1, startup.attempts + 1):
-                    if number > 1:
-                        await trio.sleep(restart_delay(startup, number - 1))
-                    running = await self._attempt(number, attempts)
-                    self.machines.record(placement.machine, ok=running is not None)
-                    if running is not None:
-                        break
+    `attempts` lists the current (or last) start's attempts, each a dict for the status API;
+    `running` is what the attempt under way has started, until the supervisor takes it over."""
+
+    def __init__(self, name: str, service: str, backend: str, startup: StartupConfig,
+                 machines: Machines, emit: Callable[..., None]) -> None:
+        self.name = name
+        self.service = service
+        self.backend = backend
+        self.startup = startup
+        self.machines = machines
+        self.emit = emit  # the supervisor's events, with its name
+        self.attempts: list[dict[str, Any]] = []
+        self.running: Running | None = None
+
+    def __repr__(self) -> str:
+        running = "" if self.running is None else f" running={self.running!r}"
+        return f"<StartSequence {self.name} attempts={len(self.attempts)}{running}>"
+
+    def begin(self) -> None:
+        """A new start (its attempts are listed afresh: a new list, since an error of the last
+        start may still hold the old one)."""
+        self.attempts = []
+        self.running = None
+
+    async def run(self, placements: Sequence[Placement],
+                  use: Callable[[Placement], None]) -> Running | None:
+        """Try each placement in turn, `startup.attempts` times with backoff, skipping one whose
+        machine is out of rotation; `use(placement)` before its first attempt. The started
+        backend, ready, or None when every attempt failed. When cancelled (a stop, the
+        shutdown), `running` holds what an attempt cut short had started."""
+        startup = self.startup
+        for placement in placements:
+            skip = self.machines.unavailable(placement.machine)
+            if skip is not None:
+                self.attempts.append({"attempt": 0, "machine": placement.machine,
+                                      "launcher": placement.kind, "detail": skip,
+                                      "reason": "machine_unavailable", "duration_ms": 0.0})
+                log.warning("placement_skipped", service=self.name, machine=placement.machine,
+                            detail=skip)
+                continue
+            use(placement)
+            for number in range(1, startup.attempts + 1):
+                if number > 1:
+                    await trio.sleep(restart_delay(startup, number - 1))
+                running = await self._attempt(placement, number)
+                self.machines.record(placement.machine, ok=running is not None)
                 if running is not None:
-                    break
-        cancelled = self._start_scope.cancelled_caught
-        self._start_scope = None
-        duration = trio.current_time() - began
-        if running is None or cancelled:
-            self.history.end(None)
-            await self._start_failed(attempts, duration, cancelled=cancelled)
-            return
-        self.history.end(duration)
-        self.last_start_duration = duration
-        self.ready_since = time.time()
-        self._idle_since = self._ready_at = trio.current_time()
-        nursery.start_soon(self._watch_exit, running)
-        self._set_state(State.READY)
-        log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
-                 attempt=len(attempts) + 1, waiting=len(self._waiters), pid=running.pid)
-        self._emit("ready", machine=self.placement.machine, attempts=len(attempts) + 1,
-                   pid=running.pid, launcher=self.launcher_kind,
-                   upstream=self.placement.upstream,
-                   duration_ms=round(duration * 1000, 1))
-        self._grant_waiters()
+                    return running
+        return None
 
-    async def _attempt(self: Supervisor, number: int,
-                       attempts: list[dict[str, Any]]) -> Running | None:
+    async def _attempt(self, placement: Placement, number: int) -> Running | None:
         """One attempt: the started backend, or None with the failure added to `attempts`.
-        On cancellation (a stop, the shutdown), `_running` still holds what was started."""
-        placement = self.placement
+        On cancellation, `running` still holds what was started."""
         context = LaunchContext(self.service, self.backend, placement.upstream, placement.port,
                                 placement.machine)
+        launcher, probe, kind = placement.launcher, placement.probe, placement.kind
         timeout = placement.readiness.timeout
         began = trio.current_time()
-        log.info("backend_starting", service=self.name, launcher=self.launcher_kind,
+        log.info("backend_starting", service=self.name, launcher=kind,
                  machine=placement.machine, attempt=number)
         running: Running | None = None
         try:
             with trio.fail_after(timeout) as deadline:
-                if getattr(self.launcher, "times_its_start", False):
+                if launcher.times_its_start:
                     # A remote job bounds itself; readiness is timed from its end.
                     deadline.deadline = math.inf
-                running = self._running = await self.launcher.start(context)
+                running = self.running = await launcher.start(context)
                 deadline.deadline = min(deadline.deadline, trio.current_time() + timeout)
-                if getattr(self.launcher, "probe_only", False):
-                    await probe_once(self.name, self.probe)
+                if launcher.probe_only:
+                    await probe_once(self.name, probe)
                 else:
-                    await until_ready(self.name, running, self.probe)
-            self._emit("start_attempt", attempt=number, machine=placement.machine,
-                       launcher=self.launcher_kind, ok=True,
-                       duration_ms=round((trio.current_time() - began) * 1000, 1))
+                    await until_ready(self.name, running, probe)
+            self.emit("start_attempt", attempt=number, machine=placement.machine,
+                      launcher=kind, ok=True,
+                      duration_ms=round((trio.current_time() - began) * 1000, 1))
             return running
         except trio.TooSlowError:
             failure: GatewayError = StartFailed(
                 f"{self.name!r} was not ready after {timeout}s "
-                f"(last probe: {self.probe.last_result or 'none'})",
+                f"(last probe: {probe.last_result or 'none'})",
                 service=self.name, reason="timeout")
         except StartFailed as exc:
             failure = exc
@@ -150,32 +199,30 @@ class StartSequence:
                 await running.stop()
             failure.extra.setdefault("log_tail", running.log_tail(LOG_TAIL_LINES))
         failure.extra.setdefault("reason", "start_failed")
-        self._running = None
+        self.running = None
         duration = trio.current_time() - began
-        attempts.append({"attempt": number, "machine": placement.machine,
-                         "launcher": self.launcher_kind, "detail": failure.detail,
-                         "duration_ms": round(duration * 1000, 1), **failure.extra})
+        self.attempts.append({"attempt": number, "machine": placement.machine,
+                              "launcher": kind, "detail": failure.detail,
+                              "duration_ms": round(duration * 1000, 1), **failure.extra})
         log.warning("start_attempt_failed", service=self.name, machine=placement.machine,
                     attempt=number,
                     detail=failure.detail, duration_ms=round(duration * 1000, 1),
                     log_tail=failure.extra.get("log_tail"))
-        self._emit("start_attempt", attempt=number, machine=placement.machine,
-                   launcher=self.launcher_kind, ok=False, detail=failure.detail,
-                   duration_ms=round(duration * 1000, 1))
+        self.emit("start_attempt", attempt=number, machine=placement.machine,
+                  launcher=kind, ok=False, detail=failure.detail,
+                  duration_ms=round(duration * 1000, 1))
         return None
 
-    async def _start_failed(self: Supervisor, attempts: list[dict[str, Any]], duration: float, *,
-                            cancelled: bool) -> None:
-        """Every attempt failed, or the start was cancelled: answer the waiters, in one step
-        with the state. A process left by an attempt cut short is stopped after that step,
-        in STOPPING: a request arriving meanwhile waits for a fresh start, not for this one's
-        error."""
+    def failure(self, duration: float, *, cancelled: bool, retry_after: float) -> GatewayError:
+        """The error that answers the waiters of a start that failed, or was cancelled, after
+        `duration` seconds: every attempt listed, the last real failure in the summary (not a
+        machine that was skipped). Logged, and published as `start_failed`."""
+        attempts = self.attempts
         error: GatewayError
         if cancelled:
             error = StartCancelled(f"the start of {self.name!r} was cancelled",
                                    service=self.name, attempts=attempts)
         else:
-            # The summary names the last real failure, not a machine that was skipped.
             last = next((a for a in reversed(attempts) if a["reason"] != "machine_unavailable"),
                         attempts[-1])
             plural = "s" if len(attempts) > 1 else ""
@@ -183,36 +230,11 @@ class StartSequence:
                 f"{self.name!r} failed to start ({len(attempts)} attempt{plural}): "
                 f"{last['detail']}", service=self.name, attempts=attempts,
                 **{k: last[k] for k in ("reason", "exit_status", "log_tail") if k in last})
-        error.retry_after = self.retry_after()
-        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
-                           **error.extra}
+        error.retry_after = retry_after
         (log.info if cancelled else log.error)(
             "backend_start_cancelled" if cancelled else "backend_start_failed",
             service=self.name, detail=error.detail, attempts=len(attempts),
             duration_ms=round(duration * 1000, 1))
-        self._emit("start_failed", detail=error.detail, attempts=len(attempts),
-                   cancelled=cancelled, duration_ms=round(duration * 1000, 1))
-        startup = self.config.startup
-        retry = not cancelled and not self._closing
-        if retry:
-            self._failures += 1
-        if self.config.keep_warm and retry:
-            self._auto_start = True
-            self._retry_at = trio.current_time() + max(
-                restart_delay(startup, self._failures), startup.cooldown)
-        running, self._running = self._running, None
-        if running is not None:  # cut short in the middle of an attempt
-            self._set_state(State.STOPPING)
-            self._fail_waiters(error)
-            with trio.CancelScope(shield=True):
-                await running.stop()
-            self._set_state(State.COLD)
-        elif not retry or startup.cooldown <= 0:
-            self._set_state(State.COLD)
-            self._fail_waiters(error)
-        else:
-            self._failed_until = trio.current_time() + startup.cooldown
-            self._failure = error
-            error.retry_after = startup.cooldown
-            self._set_state(State.FAILED)
-            self._fail_waiters(error)
+        self.emit("start_failed", detail=error.detail, attempts=len(attempts),
+                  cancelled=cancelled, duration_ms=round(duration * 1000, 1))
+        return error

@@ -32,7 +32,6 @@ wanted and wake that task.
 
 from __future__ import annotations
 
-import collections
 import math
 import time
 from collections.abc import Sequence
@@ -49,17 +48,17 @@ from ..upstream import UpstreamPool
 from .groups import Group
 from .history import StartHistory
 from .holding import HoldQueue
-from .leases import Lease, State, _Waiter
+from .leases import Lease, State
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, watch_health
-from .startup import STABLE_AFTER, StartSequence, restart_delay
+from .startup import STABLE_AFTER, Backoff, StartSequence
 
 __all__ = ["Lease", "State", "Supervisor"]
 
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(HoldQueue, StartSequence):
+class Supervisor(HoldQueue):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -77,22 +76,19 @@ class Supervisor(HoldQueue, StartSequence):
         self.drain_timeout = drain_timeout
         self.events = events or EventBus()
         self.state = State.COLD
-        self.last_used: float | None = None        # wall clock, for people
         self.last_error: dict[str, Any] | None = None
         self.last_start_duration: float | None = None
         self.history = StartHistory()
         self.ready_since: float | None = None      # wall clock
         self.starts = 0
-        self._leases: set[Lease] = set()
-        self._active = 0  # leases that are not passive: only these hold off the idle timer
-        self._counted = 0  # leases that hold one of `max_connections`
-        self._cap = config.max_connections or math.inf  # read on the hot path: no model access
-        # Ordered, with O(1) removal from anywhere (a waiter that gives up) and from the front.
-        self._waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
+        self._starting = StartSequence(name, backend=backend, service=self.service,
+                                       startup=config.startup, machines=self.machines,
+                                       emit=self._emit)
+        self._backoff = Backoff(config.startup)
+        HoldQueue.__init__(self, config.max_connections)
         self._changed = trio.Event()
         self._running: Running | None = None
         self._exit: tuple[Running, int | None] | None = None
-        self._idle_since = 0.0                      # trio clock
         self._ready_at = 0.0                        # trio clock
         self._start_requested = False  # a person asked: skips the cool-down and the backoff
         self._auto_start = False  # keep_warm wants it running again
@@ -100,9 +96,6 @@ class Supervisor(HoldQueue, StartSequence):
         self._stop_requested: str | None = None
         self._start_scope: trio.CancelScope | None = None
         self._closing = False
-        self._failures = 0  # failed starts and crashes since it last stayed READY long enough
-        self._retry_at = -math.inf  # no start but a person's before this (trio clock)
-        self._failed_until = 0.0
         self._unhealthy: str | None = None  # why the health check gave up on the backend
         self._adopted: Running | None = None  # to watch once run() has its nursery
         self._failure: GatewayError | None = None  # answered while FAILED
@@ -126,45 +119,36 @@ class Supervisor(HoldQueue, StartSequence):
         return self.placement.pool
 
     @property
-    def busy(self) -> bool:
-        return bool(self._leases)
-
-    @property
     def stop_pending(self) -> str | None:
         return self._stop_requested
 
     @property
-    def in_flight(self) -> int:
-        return len(self._leases)
-
-    @property
-    def queue_pending(self) -> int:
-        return len(self._waiters)
-
-    @property
     def pid(self) -> int | None:
-        return self._running.pid if self._running is not None else None
+        running = self.running
+        return running.pid if running is not None else None
 
     @property
     def running(self) -> Running | None:
-        """What was started and is not stopped yet (None while COLD)."""
-        return self._running
+        """What was started and is not stopped yet (None while COLD): while STARTING, what
+        the attempt under way started."""
+        return self._running if self._running is not None else self._starting.running
 
     @property
     def cooldown_remaining(self) -> float | None:
         """While FAILED: seconds until requests may start the backend again."""
         if self.state is not State.FAILED:
             return None
-        return max(0.0, self._failed_until - trio.current_time())
+        return self._backoff.cooldown_remaining()
 
     @property
     def failures_in_a_row(self) -> int:
         """Failed starts and crashes since the backend last stayed READY `STABLE_AFTER` (or
         was stopped on purpose)."""
-        if (self.state is State.READY and self._failures
+        failures = self._backoff.failures
+        if (self.state is State.READY and failures
                 and trio.current_time() - self._ready_at >= STABLE_AFTER):
-            return 0  # proved itself; `_failures` itself is reset when READY ends
-        return self._failures
+            return 0  # proved itself; the count itself is reset when READY ends
+        return failures
 
     @property
     def next_attempt_in(self) -> float | None:
@@ -172,8 +156,7 @@ class Supervisor(HoldQueue, StartSequence):
         `keep_warm` backend starts then; requests wait for it). None: it may begin at once."""
         if self.state not in (State.COLD, State.FAILED):
             return None
-        left = self._retry_at - trio.current_time()
-        return left if left > 0 else None
+        return self._backoff.next_attempt_in()
 
     async def wait_until(self, *states: State) -> None:
         """Return once the backend is in one of `states`; the caller bounds the wait."""
@@ -223,20 +206,6 @@ class Supervisor(HoldQueue, StartSequence):
         if self._start_scope is not None:
             self._start_scope.cancel()
         self._notify()
-
-    def retry_after(self) -> float:
-        """A fair guess of when a refused client should try again, in seconds: what is left
-        of a start under way, or how long starts take (from past starts) after what is left of
-        a restart backoff."""
-        wait = self.history.remaining()
-        if wait is None:
-            wait = self.history.expected() or self.last_start_duration or 5.0
-            wait += self.next_attempt_in or 0.0
-        return max(1.0, wait)
-
-    def _estimate(self) -> dict[str, Any]:
-        wait = self.history.remaining()
-        return {} if wait is None else {"estimated_wait_ms": round(wait * 1000)}
 
     # --- state changes (synchronous: decide here, act in run()) --------------------------------
 
@@ -302,17 +271,11 @@ class Supervisor(HoldQueue, StartSequence):
         return trio.current_time() - self._ready_at
 
     def _restart_after_crash(self, ready_for: float) -> None:
-        """A backend that crashed after staying READY `STABLE_AFTER` may start again at once;
-        one that crashed sooner is in a crash loop: the next start (keep_warm's, or a waiting
-        request's) waits `restart_delay` for the failures in a row so far."""
-        if ready_for >= STABLE_AFTER:
-            self._failures = 0
-            self._retry_at = -math.inf
-        else:
-            self._failures += 1
-            delay = restart_delay(self.config.startup, self._failures)
-            self._retry_at = trio.current_time() + delay
-            log.warning("restart_delayed", service=self.name, failures=self._failures,
+        """The next start (keep_warm's, or a waiting request's) waits for the backoff if the
+        backend is in a crash loop (startup.py: `Backoff.crashed`)."""
+        delay = self._backoff.crashed(ready_for)
+        if delay is not None:
+            log.warning("restart_delayed", service=self.name, failures=self._backoff.failures,
                         delay_s=delay)
         self._auto_start = self.config.keep_warm
 
@@ -332,10 +295,11 @@ class Supervisor(HoldQueue, StartSequence):
                 await self._loop(nursery)
                 nursery.cancel_scope.cancel()
         finally:
-            if self._running is not None:
+            running = self.running  # or what a start under way had started
+            if running is not None:
                 with trio.CancelScope(shield=True):
-                    await self._running.stop()
-                self._running = None
+                    await running.stop()
+                self._running = self._starting.running = None
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
@@ -344,23 +308,100 @@ class Supervisor(HoldQueue, StartSequence):
                 return
             if self.state is State.COLD:
                 wanted = bool(self._waiters) or self._auto_start
-                if self._start_requested or (wanted and trio.current_time() >= self._retry_at):
+                retry_at = self._backoff.retry_at
+                if self._start_requested or (wanted and trio.current_time() >= retry_at):
                     await self._start(nursery)
                 else:
-                    with trio.move_on_at(self._retry_at if wanted else math.inf):
+                    with trio.move_on_at(retry_at if wanted else math.inf):
                         await self._changed.wait()
             elif self.state is State.READY:
                 await self._while_ready()
             elif self.state is State.FAILED:
-                with trio.move_on_at(self._failed_until):
+                with trio.move_on_at(self._backoff.failed_until):
                     await self._changed.wait()
-                if self._start_requested or trio.current_time() >= self._failed_until:
+                if self._start_requested or trio.current_time() >= self._backoff.failed_until:
                     self._failure = None
                     self._set_state(State.COLD)
 
     @property
     def launcher_kind(self) -> str:
         return self.placement.kind
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        """Try the placements (startup.py: `StartSequence`): READY, or FAILED listing every
+        attempt."""
+        self._start_requested = False
+        self._auto_start = False
+        placements = [p for p in self.placements
+                      if self._start_on is None or p.machine == self._start_on
+                      ] or self.placements
+        self._start_on = None
+        self._exit = None
+        self.starts += 1
+        self._set_state(State.STARTING)
+        self.history.begin()
+        self._starting.begin()
+        began = trio.current_time()
+        with trio.CancelScope() as self._start_scope:
+            if self.group is not None:
+                await self.group.acquire(self)
+            await self._starting.run(placements, self._use)
+        cancelled = self._start_scope.cancelled_caught
+        self._start_scope = None
+        # The backend, ready; or what an attempt cut short had started (stopped below).
+        running = self._running = self._starting.running
+        self._starting.running = None
+        duration = trio.current_time() - began
+        if running is None or cancelled:
+            self.history.end(None)
+            await self._start_failed(duration, cancelled=cancelled)
+            return
+        self.history.end(duration)
+        self.last_start_duration = duration
+        self.ready_since = time.time()
+        self._idle_since = self._ready_at = trio.current_time()
+        nursery.start_soon(self._watch_exit, running)
+        self._set_state(State.READY)
+        attempt = len(self._starting.attempts) + 1
+        log.info("backend_ready", service=self.name, start_duration_ms=round(duration * 1000, 1),
+                 attempt=attempt, waiting=len(self._waiters), pid=running.pid)
+        self._emit("ready", machine=self.placement.machine, attempts=attempt,
+                   pid=running.pid, launcher=self.launcher_kind,
+                   upstream=self.placement.upstream,
+                   duration_ms=round(duration * 1000, 1))
+        self._grant_waiters()
+
+    def _use(self, placement: Placement) -> None:
+        self.placement = placement  # the one tried now, and running once READY
+
+    async def _start_failed(self, duration: float, *, cancelled: bool) -> None:
+        """Every attempt failed, or the start was cancelled: answer the waiters, in one step
+        with the state. A process left by an attempt cut short is stopped after that step,
+        in STOPPING: a request arriving meanwhile waits for a fresh start, not for this one's
+        error."""
+        error = self._starting.failure(duration, cancelled=cancelled,
+                                       retry_after=self.retry_after())
+        self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
+                           **error.extra}
+        retry = not cancelled and not self._closing
+        failed = retry and self._backoff.start_failed(keep_warm=self.config.keep_warm)
+        if self.config.keep_warm and retry:
+            self._auto_start = True
+        running, self._running = self._running, None
+        if running is not None:  # cut short in the middle of an attempt
+            self._set_state(State.STOPPING)
+            self._fail_waiters(error)
+            with trio.CancelScope(shield=True):
+                await running.stop()
+            self._set_state(State.COLD)
+        elif not failed:
+            self._set_state(State.COLD)
+            self._fail_waiters(error)
+        else:
+            self._failure = error
+            error.retry_after = self.config.startup.cooldown
+            self._set_state(State.FAILED)
+            self._fail_waiters(error)
 
     async def _watch_exit(self, running: Running) -> None:
         status = await running.wait()
@@ -424,8 +465,7 @@ class Supervisor(HoldQueue, StartSequence):
         self.ready_since = None
         # Stopped on purpose, not crashed: whatever failures came before are no longer "in a
         # row" with the next one.
-        self._failures = 0
-        self._retry_at = -math.inf
+        self._backoff.reset()
         self._set_state(State.COLD)
         self._emit("stopped", reason=reason,
                    duration_ms=round((trio.current_time() - began) * 1000, 1))
