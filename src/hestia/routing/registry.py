@@ -65,7 +65,8 @@ class _Entry:
 
 
 def _first_doc_line(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
+    # Its own docstring: inspect.getdoc would give a subclass without one Strategy's.
+    doc = inspect.cleandoc(getattr(obj, "__doc__", None) or "")
     return next((line.strip() for line in doc.splitlines() if line.strip()), "")
 
 
@@ -139,11 +140,6 @@ class Registry:
         line of the strategy's (or factory's) docstring."""
         return [{"name": name, "origin": entry.origin, "doc": _first_doc_line(entry.factory)}
                 for name, entry in sorted(self._entries.items())]
-
-    def options_model(self, name: str) -> type[StrategyOptions] | None:
-        """The options model of the strategy `name` (None: unknown, or an older factory)."""
-        entry = self._entries.get(name)
-        return entry.options if entry is not None else None
 
     def create(self, name: str, options: Mapping[str, Any], backends: Sequence[str]) -> Any:
         """Make the strategy `name` for a service with `backends` (config order), from the
