@@ -18,6 +18,9 @@ __all__ = ["ExternalLauncher", "ExternalRunning"]
 class ExternalRunning:
     pid: int | None = None
 
+    def __repr__(self) -> str:
+        return "<ExternalRunning>"
+
     async def wait(self) -> int | None:
         await trio.sleep_forever()  # nothing of ours runs, so nothing can end
         raise AssertionError("unreachable")

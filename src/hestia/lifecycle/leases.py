@@ -38,6 +38,13 @@ class Lease:
         self.passive = passive  # an ignored request (health checker): not use, not activity
         self.counted = False  # set by the supervisor that grants it
 
+    def __repr__(self) -> str:
+        # counted: holds a slot; active: in use without one (an open WebSocket); passive: not
+        # use at all (an ignored request).
+        kind = "passive" if self.passive else "counted" if self.counted else "active"
+        ended = "" if self.error is None else f" revoked ({self.error.code})"
+        return f"<Lease #{self.serial} {kind}{ended}>"
+
     def bind(self, scope: trio.CancelScope) -> None:
         """Run the holder's work in `scope`: a revocation, even an earlier one, cancels it."""
         self.scope = scope
@@ -57,3 +64,8 @@ class _Waiter:
         self.event = trio.Event()
         self.lease: Lease | None = None
         self.error: GatewayError | None = None
+
+    def __repr__(self) -> str:
+        outcome = (self.lease if self.lease is not None else
+                   self.error.code if self.error is not None else "waiting")
+        return f"<_Waiter {outcome}>"

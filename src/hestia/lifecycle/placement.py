@@ -40,6 +40,9 @@ class Placement:
         self.pool = UpstreamPool(self.host, self.port, tls=self.upstream.startswith("https:"))
         self.host_header = f"{self.host}:{self.port}".encode()
 
+    def __repr__(self) -> str:
+        return f"<Placement {self.machine} {self.kind} {self.upstream} {self.pool!r}>"
+
     @property
     def kind(self) -> str:
         """The launcher's kind: `process`, `semaphore`, …"""
@@ -73,6 +76,14 @@ class Machines:
         self._machines = {mid: _Machine(mid, mc) for mid, mc in machines.items()}
         if "local" not in self._machines:
             self._machines["local"] = _Machine("local", MachineConfig(), skips=False)
+
+    def __repr__(self) -> str:
+        shown = []
+        for machine in self._machines.values():
+            why = self.unavailable(machine.id)
+            shown.append(machine.id if why is None else
+                         f"{machine.id}({'disabled' if not machine.enabled else 'skipped'})")
+        return f"<Machines {' '.join(shown)}>"
 
     def __contains__(self, machine_id: str) -> bool:
         return machine_id in self._machines

@@ -57,6 +57,9 @@ class TcpProbe:
         self._cap = cap
         self.last_result: str | None = None
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()} last={self.last_result!r}>"
+
     def describe(self) -> str:
         return "tcp connect"
 
@@ -80,6 +83,9 @@ class HttpProbe:
         self._cap = cap
         self.last_result: str | None = None
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()} last={self.last_result!r}>"
+
     def describe(self) -> str:
         return f"http GET {self.path}"
 
@@ -101,6 +107,9 @@ class DelayProbe:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.last_result: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()} last={self.last_result!r}>"
 
     def describe(self) -> str:
         return f"delay {self.delay}s"

@@ -26,6 +26,11 @@ class SemaphoreHub:
         self.templates = Templates(self.client)
         self.automations: dict[str, Automation] = {}
 
+    def __repr__(self) -> str:
+        assert self.config.semaphore is not None
+        return (f"<SemaphoreHub {self.config.semaphore.url} "
+                f"automations={len(self.automations)}>")
+
     def automation(self, service: str) -> Automation:
         """`service`'s task records, one for all its `semaphore` launchers."""
         automation = self.automations.get(service)

@@ -147,6 +147,11 @@ class Automation:
         self.last: TaskRecord | None = None
         self.history: deque[TaskRecord] = deque(maxlen=HISTORY)
 
+    def __repr__(self) -> str:
+        def task(record: TaskRecord | None) -> str:
+            return "none" if record is None else f"{record.action}:{record.status}"
+        return f"<Automation current={task(self.current)} last={task(self.last)}>"
+
     def begin(self, record: TaskRecord) -> None:
         self.current = record
 
