@@ -21,17 +21,14 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_origin
+from typing import Any, Protocol, get_origin
 
 import yaml
 from pydantic import BaseModel
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Config
 
 __all__ = ["BACKEND_SEPARATOR", "SERVICE_ID", "SERVICE_ONLY", "backend_path", "expand_backends",
            "format_loc", "interpolate", "machine_launchers", "read_yaml", "reference_errors",
@@ -346,7 +343,27 @@ def unknown_key(root: type[BaseModel], loc: tuple[Any, ...],
 _SAME_HOST = {"localhost": "127.0.0.1"}
 
 
-def upstream_warnings(config: Config) -> list[tuple[str, str]]:
+# What `upstream_warnings` reads of the models (config.py), which this module does not import.
+class _Place(Protocol):  # a service, or a fallback of one
+    @property
+    def upstream_host(self) -> str: ...
+    @property
+    def upstream_port(self) -> int: ...
+
+
+class _Service(_Place, Protocol):
+    @property
+    def fallbacks(self) -> Sequence[_Place]: ...
+    @property
+    def shared_upstream(self) -> bool: ...
+
+
+class _Config(Protocol):
+    @property
+    def services(self) -> Mapping[str, _Service]: ...
+
+
+def upstream_warnings(config: _Config) -> list[tuple[str, str]]:
     """`(path, message)` for each upstream address (host and port, primary or fallback) that
     several services use when not all of them say `shared_upstream: true`: whatever answers
     there serves them all, which is rarely meant (a copied block, a forgotten port)."""
