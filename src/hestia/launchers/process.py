@@ -1,5 +1,6 @@
-"""The `process` launcher, and the process-group machinery every launcher that runs a program
-shares (`spawn`, `run_bounded`, `ProcessRunning`).
+"""The `process` launcher, and what every launcher that runs a program here shares: the
+process-group machinery (`spawn`, `run_bounded`, `ProcessRunning`) and, for the `process`,
+`command` and `container` launchers, `LocalLauncher` (constructor, start prelude, record).
 
 A child gets its own session (`start_new_session`), so its process group holds it and every
 process it spawns; stopping signals the whole group and, after `stop_timeout`, SIGKILLs it. That

@@ -19,10 +19,11 @@ Every transition is taken in one synchronous step: set the state, revoke the lea
 waiters, and note what must be closed; the closing (a process, the pooled connections) comes
 after. So a lease is never granted on a backend that is already dead or being stopped.
 
-After a crash, or a failed start of a `keep_warm` backend, the next start waits for the restart
-backoff (startup.py: `restart_delay`), so a backend that dies right after becoming ready is not
-restarted in a tight loop. The count of failures in a row is reset once the backend has stayed
-READY for `STABLE_AFTER`.
+A start is the supervisor's `StartSequence` (startup.py): it tries the placements and hands back
+the backend, ready, or the failure; the supervisor makes the transitions. After a crash, or a
+failed start of a `keep_warm` backend, the next start waits for the restart backoff (startup.py:
+`Backoff`), so a backend that dies right after becoming ready is not restarted in a tight loop.
+The count of failures in a row is reset once the backend has stayed READY for `STABLE_AFTER`.
 
 The idle timer runs only while no lease is held, counting from the release of the last lease.
 Everything that takes time (launch, probe, stop) happens in `run()`, the supervisor's own task;
