@@ -129,10 +129,11 @@ def page(context: BrowserContext) -> Page:
 
 
 def screenshot(page: Page, name: str, *, docs: bool = False) -> Path:
-    """Save a screenshot (and a copy in docs/img/ for the docs' current pictures)."""
+    """Save a screenshot in `SHOTS`; with `docs`, and `HESTIA_DOCS_SCREENSHOTS=1` set, also
+    in docs/img/ (the docs' current pictures; a plain test run leaves the tree unchanged)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if docs and DOCS_IMG.is_dir():
+    if docs and os.environ.get("HESTIA_DOCS_SCREENSHOTS") == "1" and DOCS_IMG.is_dir():
         shutil.copyfile(path, DOCS_IMG / f"{name}.png")
     return path

@@ -61,8 +61,6 @@ CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
                  ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
 # A plain file name: no separator, no leading dot (so neither `..` nor a hidden file).
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-# The page's own resources only: the script, the stylesheet, its endpoints.
-_CSP = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
@@ -91,8 +89,7 @@ def waiting_response(supervisor: Supervisor, address: Address, request_id: str, 
     # While FAILED, nothing starts it before the cool-down ends (but the Retry button).
     wait = supervisor.cooldown_remaining or supervisor.retry_after()
     headers = html_headers(body, request_id)
-    headers += [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                (b"content-security-policy", _CSP)]
+    headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
     return 503, headers, body
 
 
@@ -105,9 +102,7 @@ def not_found_response(services: Iterable[str], request_id: str, host: str | Non
     listed = [(sid, links.get(sid) or f"/services/{quote(sid, safe='@')}/")
               for sid in sorted(services)]
     body = render("not_found.html", services=listed, host=host)
-    headers = html_headers(body, request_id)
-    headers.append((b"content-security-policy", _CSP))
-    return 404, headers, body
+    return 404, html_headers(body, request_id), body
 
 
 def service_links(addressing: Addressing, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
