@@ -19,7 +19,7 @@ from hestia.http.status import service_status
 from hestia.lifecycle.groups import Group
 from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.supervisor import State, Supervisor
-from tests.fakes import FakeLauncher, FakeProbe, FakeRunning, supervisor
+from tests.fakes import FakeLauncher, FakeProbe, FakeRunning, service, supervisor
 
 
 async def test_concurrent_requests_to_a_cold_backend_cause_exactly_one_start(
@@ -364,8 +364,29 @@ async def test_repr_shows_state_and_counts(nursery, autojump_clock):
     sup = supervisor(FakeLauncher(start_s=1))
     await nursery.start(sup.run)
     assert repr(sup) == "<Supervisor echo COLD leases=0 waiting=0>"
-    async with sup.lease():
+    async with sup.lease() as lease:
         assert repr(sup) == "<Supervisor echo READY leases=1 waiting=0>"
+        assert repr(lease) == f"<Lease #{lease.serial} counted>"
+        sup.free_slot(lease)
+        assert repr(lease) == f"<Lease #{lease.serial} active>"
+    assert repr(sup._starting) == "<StartSequence echo attempts=0>"
+
+
+async def test_a_lease_carries_its_placement_and_the_timeouts(nursery, autojump_clock):
+    primary = FakeLauncher(spawn_error="no such program")
+    backup = FakeLauncher(start_s=1)
+    machines = Machines(parse_config({"machines": {"backup": {}}}, env={}))
+    sup = Supervisor("echo", service(timeouts={"total": "7s"}), primary, FakeProbe(primary),
+                     machines=machines,
+                     fallbacks=[Placement("backup", "http://10.0.0.2:8000", "10.0.0.2", 8000,
+                                          b"/v1", backup, FakeProbe(backup),
+                                          ReadinessConfig())])
+    await nursery.start(sup.run)
+    async with sup.lease() as lease:
+        assert lease.placement is sup.placement is sup.placements[1]
+        assert (lease.placement.host_header, lease.placement.prefix) == (b"10.0.0.2:8000",
+                                                                         b"/v1")
+        assert lease.timeouts.total == 7.0
 
 
 async def test_attempts_back_off_exactly_then_fail_listing_each(nursery, autojump_clock):

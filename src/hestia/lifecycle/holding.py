@@ -32,6 +32,7 @@ from ..errors import GatewayError, QueueFull, QueueTimeout, StartCancelled
 from .groups import Group
 from .history import StartHistory
 from .leases import Lease, State, _Waiter
+from .placement import Placement
 from .startup import Backoff
 
 __all__ = ["HoldQueue"]
@@ -47,6 +48,7 @@ class HoldQueue:
     state: State
     config: ServiceConfig
     group: Group | None
+    placement: Placement  # the one running
     history: StartHistory
     last_start_duration: float | None
     next_attempt_in: float | None
@@ -182,7 +184,7 @@ class HoldQueue:
     # --- synchronous steps --------------------------------------------------------------------
 
     def _grant(self, passive: bool = False) -> Lease:
-        lease = Lease(passive)
+        lease = Lease(self.placement, self.config.timeouts, passive)
         self._leases.add(lease)
         if not passive:
             lease.counted = True

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import enum
 import itertools
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..config import TimeoutsConfig
+    from .placement import Placement
 
 __all__ = ["Lease", "State"]
 
@@ -27,11 +32,18 @@ class Lease:
     """Held by a request while it uses the backend. The supervisor can revoke it (the backend
     crashed or was stopped): `error` says why, and `scope`, the cancel scope its holder runs the
     work in, is cancelled. `serial` grows with every lease granted, so grant order can be seen.
-    `counted`: it holds one of the backend's `max_connections` slots."""
+    `counted`: it holds one of the backend's `max_connections` slots.
 
-    __slots__ = ("scope", "error", "serial", "passive", "counted")
+    It carries what its holder needs to use the backend: the `placement` it was granted on (the
+    upstream, its pool, prefix and Host), which cannot change while a lease is held, and the
+    backend's `timeouts`."""
 
-    def __init__(self, passive: bool = False) -> None:
+    __slots__ = ("placement", "timeouts", "scope", "error", "serial", "passive", "counted")
+
+    def __init__(self, placement: Placement, timeouts: TimeoutsConfig,
+                 passive: bool = False) -> None:
+        self.placement = placement
+        self.timeouts = timeouts
         self.scope: trio.CancelScope | None = None
         self.error: GatewayError | None = None
         self.serial = next(_serials)
