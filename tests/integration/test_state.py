@@ -1,4 +1,7 @@
-"""What survives a restart (real files in a temp dir), and API keys end to end."""
+"""What survives a restart (real files in a temp dir), and API keys end to end.
+
+The CLI runs as a child process awaited with `trio.run_process`, so a gateway under test in
+this process goes on serving while it runs."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import trio
 import yaml
 
 from hestia import parse_config, run
+from hestia.http import auth
 from tests.integration.conftest import client, serve_file, upstream_service
 
 
@@ -53,24 +57,38 @@ async def test_a_restart_keeps_last_use_history_and_disabled_machines(tmp_path):
     assert activity[0]["at"] > activity[-1]["at"]
 
 
-def hestia(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hestia", *args, "-c", str(config)],
-                          capture_output=True, text=True, timeout=30, check=False)
+async def hestia(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`hestia ARGS -c CONFIG` in a child process (the caller bounds the wait)."""
+    done = await trio.run_process([sys.executable, "-m", "hestia", *args, "-c", str(config)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(),
+                                       done.stderr.decode())
 
 
 async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
-        start_gateway, tmp_path, capfd):
+        start_gateway, tmp_path, capfd, monkeypatch):
+    # The cached lookup's lifetime is tested in virtual time (tests/unit/test_auth_cache.py);
+    # here a short one lets the revocation be seen within the test's bound.
+    monkeypatch.setattr(auth, "CACHE_S", 0.2)
     data = tmp_path / "data"
     config = tmp_path / "hestia.yml"
     services = {"up": upstream_service(), "open": upstream_service(auth="none")}
     config.write_text(yaml.safe_dump({"data_dir": str(data), "auth": {"enabled": True},
                                       "services": services}))
-    made = {scope: hestia(config, "keys", "create", f"{scope}-key", "--scope", scope)
-            for scope in ("admin", "read", "proxy")}
+    made: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    async def create(scope: str) -> None:
+        made[scope] = await hestia(config, "keys", "create", f"{scope}-key", "--scope", scope)
+
+    with trio.fail_after(60):
+        await create("admin")  # alone: it makes the database
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create, "read")
+            nursery.start_soon(create, "proxy")
+        duplicate = await hestia(config, "keys", "create", "admin-key")
     keys = {scope: result.stdout.strip().splitlines()[-1] for scope, result in made.items()}
     assert all(r.returncode == 0 for r in made.values())
     assert all(k.startswith("hestia_") and len(k) == 50 for k in keys.values())
-    duplicate = hestia(config, "keys", "create", "admin-key")
     assert duplicate.returncode == 1 and "admin-key" in duplicate.stderr
 
     with trio.fail_after(60):
@@ -98,11 +116,13 @@ async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
             admin = {"X-API-Key": keys["admin"]}
             assert (await http.post("/v1/services/up/stop", headers=admin)).status_code == 202
 
-            revoked = hestia(config, "keys", "revoke", "read-key")
+            # Revoked by another process: the gateway sees it once its cached lookup expires.
+            revoked = await hestia(config, "keys", "revoke", "read-key")
             assert revoked.returncode == 0
-            await trio.sleep(5.1)  # a lookup is cached for 5 s
-            assert (await http.get("/v1/services", headers=read)).status_code == 401
-            listed = hestia(config, "keys", "list")
+            with trio.fail_after(5):  # 0.2 s, and a margin for a loaded machine
+                while (await http.get("/v1/services", headers=read)).status_code != 401:
+                    await trio.sleep(0.02)
+            listed = await hestia(config, "keys", "list")
             assert "read-key" in listed.stdout and "revoked" in listed.stdout
 
     # Never in plain text: not in the database, not in any log line.
@@ -120,9 +140,8 @@ async def test_keys_are_created_used_scoped_revoked_and_never_stored_or_logged(
 async def test_the_cli_finds_the_running_gateway_and_uses_its_key(tmp_path):
     async with serve_file(tmp_path, upstream_service(), auth={"enabled": True}) as served:
         config = tmp_path / "hestia.yml"
-        run_cli = partial(trio.to_thread.run_sync, hestia)
         with trio.fail_after(60):
-            started = await run_cli(config, "start", "up")
+            started = await hestia(config, "start", "up")
             assert (started.returncode, started.stdout.strip()) == (0, "up: STARTING")
             async with httpx.AsyncClient() as http:
                 key = (tmp_path / "data" / "cli.key").read_text().strip()
@@ -130,18 +149,18 @@ async def test_the_cli_finds_the_running_gateway_and_uses_its_key(tmp_path):
                 while (await http.get(f"{served.url}/v1/services/up/status",
                                       headers={"X-API-Key": key})).json()["state"] != "READY":
                     await trio.sleep(0.05)
-            status = await run_cli(config, "status")
+            status = await hestia(config, "status")
             assert status.returncode == 0
             header, row = status.stdout.splitlines()
             assert header.split()[:3] == ["SERVICE", "STATE", "MACHINE"]
             assert row.split()[:3] == ["up", "READY", "local"]
-            again = await run_cli(config, "start", "up")
+            again = await hestia(config, "start", "up")
             assert again.returncode == 1 and "already READY" in again.stderr
-            stopped = await run_cli(config, "stop", "up")
+            stopped = await hestia(config, "stop", "up")
             assert (stopped.returncode, stopped.stdout.strip()) == (0, "up: STOPPING")
 
 
-def test_a_damaged_database_stops_the_gateway_with_one_line_saying_what_to_do(tmp_path):
+async def test_a_damaged_database_stops_the_gateway_with_one_line_saying_what_to_do(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     garbage = bytes(range(256)) * 64
@@ -155,8 +174,18 @@ def test_a_damaged_database_stops_the_gateway_with_one_line_saying_what_to_do(tm
             "again: a new, empty one is made, which loses the API keys (make new ones with "
             "`hestia keys create`) and the history (last use, start durations, activity, "
             "Semaphore tasks); the configuration and the services are not affected\n")
-    for args in (["serve"], ["keys", "list"], ["keys", "create", "k"]):
-        result = hestia(config, *args)
+    commands = (("serve",), ("keys", "list"), ("keys", "create", "k"))
+    results: dict[tuple[str, ...], subprocess.CompletedProcess[str]] = {}
+
+    async def one(args: tuple[str, ...]) -> None:
+        results[args] = await hestia(config, *args)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for args in commands:
+                nursery.start_soon(one, args)
+    for args in commands:
+        result = results[args]
         assert (result.returncode, result.stdout) == (1, ""), args
         assert result.stderr.endswith(line), args
         assert "Traceback" not in result.stderr
