@@ -6,6 +6,12 @@ HestiaError
 ├── StrategyError               a strategy plugin does not load, or a service's strategy cannot
 │                               be made (unknown name, bad options); at start, never per request
 └── GatewayError                answered to a client (status, error code, Retry-After)
+    ├── HTTPProblem             4xx  what the API's routing refuses (405 + Allow, …), by status
+    ├── NotFound                404  no such machine (or route)
+    ├── Conflict                409  a start or stop that does not apply to the current state
+    ├── Unauthorized            401  + WWW-Authenticate: no key, an unknown key, a stale session
+    ├── Forbidden               403  the key's scope does not cover the request
+    │   └── CrossOrigin         403  a session-authenticated change from another origin (CSRF)
     ├── UnknownService          404  no service with that id
     ├── NoRoute                 4xx/5xx  the routing strategy refuses the request, with the
     │   │                       status and code it chooses (a plugin raises its own)
@@ -22,6 +28,9 @@ HestiaError
     │   ├── StartCancelled      a stop request or shutdown ended the start
     │   └── BackendSleeping     an ignored request (`activity.ignore`) for a backend not READY
     ├── UpstreamError           502
+    │   ├── ResponseTooLarge    an answer too large for `POST /v1/requests` to hold
+    │   ├── WebSocketRefused    the upstream refused a WebSocket handshake: its own answer is
+    │   │                       relayed (status, headers, body), not Hestia's JSON
     │   ├── UpstreamUnreachable connection refused / no route / DNS
     │   ├── UpstreamReset       the upstream closed or reset the connection before answering
     │   ├── BackendCrashed      the backend process exited while this request was using it
@@ -29,8 +38,11 @@ HestiaError
     └── UpstreamTimeout         504  connect, first byte or total deadline passed
 ```
 
-Everything that reaches a client goes through `error_response`, so every error body has the same
-shape: `{"error", "detail", "service", "request_id"}` plus optional extra fields.
+Every error Hestia answers goes through `error_response`, so every error body has the same
+shape: `{"error", "detail", "service", "request_id"}` plus optional extra fields, and carries
+the error's own headers (`Retry-After`, `WWW-Authenticate`, `Allow`). The exceptions: a
+browser navigation gets an HTML page instead (the login page, the waiting page, the list of
+services: http/browser.py), and `WebSocketRefused` relays the upstream's own answer.
 """
 
 from __future__ import annotations
@@ -47,23 +59,31 @@ __all__ = [
     "BadFraming",
     "BodyTooLarge",
     "ConfigError",
+    "Conflict",
+    "CrossOrigin",
+    "Forbidden",
     "GatewayError",
+    "HTTPProblem",
     "HeadersTooLarge",
     "HestiaError",
     "NoBackendLeft",
     "NoRoute",
+    "NotFound",
     "QueueFull",
     "QueueTimeout",
     "RequestRejected",
+    "ResponseTooLarge",
     "StartCancelled",
     "StartFailed",
     "StrategyError",
+    "Unauthorized",
     "UnknownModel",
     "UnknownService",
     "UpstreamError",
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "WebSocketRefused",
     "error_response",
 ]
 
@@ -101,6 +121,7 @@ class GatewayError(HestiaError):
     status = 500
     code = "internal_error"
     close_connection = False  # the answer ends the client's connection (`Connection: close`)
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # more headers of the answer
 
     def __init__(self, detail: str, *, service: str | None = None,
                  retry_after: float | None = None, **extra: Any) -> None:
@@ -109,6 +130,43 @@ class GatewayError(HestiaError):
         self.service = service
         self.retry_after = retry_after
         self.extra = extra
+
+
+class HTTPProblem(GatewayError):
+    """What the API's routing itself refuses (an unknown path 404, a method 405 with `Allow`):
+    the status and code come from the refusal."""
+
+    def __init__(self, status: int, code: str, detail: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.headers = headers
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+    headers = ((b"www-authenticate", b'Bearer realm="hestia"'),)
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class CrossOrigin(Forbidden):
+    code = "csrf"
 
 
 class UnknownService(GatewayError):
@@ -200,6 +258,24 @@ class UpstreamError(GatewayError):
     code = "bad_gateway"
 
 
+class ResponseTooLarge(UpstreamError):
+    code = "response_too_large"
+
+
+class WebSocketRefused(UpstreamError):
+    """The upstream refused a WebSocket handshake with `status`: the client gets that answer
+    (its end-to-end `upstream_headers` and `body`), framed by Hestia, not a JSON error."""
+
+    code = "websocket_rejected"
+
+    def __init__(self, status: int, upstream_headers: list[tuple[bytes, bytes]],
+                 body: bytes) -> None:
+        super().__init__(f"the upstream refused the WebSocket with {status}")
+        self.status = status
+        self.upstream_headers = upstream_headers
+        self.body = body
+
+
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
 
@@ -243,4 +319,5 @@ def error_response(
         headers.append((b"connection", b"close"))
     if error.retry_after is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+    headers.extend(error.headers)
     return error.status, headers, body

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from hestia.errors import BadFraming, BodyTooLarge
+from hestia.http.context import facts
 from hestia.http.forwarding import forwarded_headers, request_framing
 from hestia.http.proxy import ProxyHandler
 from tests.fakes import FakeLauncher, MemoryUpstream, supervisor
@@ -83,8 +84,9 @@ def test_headers_holding_a_key_never_go_upstream_unless_forwarding_was_granted()
     assert [h for h in out if b"hestia_" in h[1]] == []
     assert (b"authorization", b"Bearer sk-upstream") in out
     assert (b"x-api-key", b"upstream-own") in out
-    granted = forwarded_headers(scope(headers, **{"hestia.forward_key": True}), "rid",
-                                drop=frozenset(), proto=b"http")
+    marked = scope(headers)
+    facts(marked).forward_key = True
+    granted = forwarded_headers(marked, "rid", drop=frozenset(), proto=b"http")
     assert [h for h in granted if b"hestia_" in h[1]] == [
         (b"x-api-key", KEY), (b"authorization", b"Bearer " + KEY)]
 

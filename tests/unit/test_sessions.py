@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from hestia.http.auth import hash_key, new_key
+from hestia.http.context import facts
 from hestia.http.forwarding import forwarded_headers
 from hestia.http.login import LoginBackoff, safe_next, same_origin
 from hestia.sessions import CACHE_S, Sessions, session_token
@@ -258,7 +259,7 @@ def test_default_ports_are_the_same_origin():
 ])
 def test_the_session_cookie_and_keys_are_taken_out_of_cookie_headers(cookies, upstream):
     scope = {"type": "http", "method": "GET", "http_version": "1.1", "client": ("10.0.0.1", 1),
-             "headers": [(b"host", b"x"), *[(b"cookie", c) for c in cookies]],
-             "hestia.forward_key": True}  # not even then
+             "headers": [(b"host", b"x"), *[(b"cookie", c) for c in cookies]]}
+    facts(scope).forward_key = True  # not even then
     out = forwarded_headers(scope, "rid", drop=frozenset(), proto=b"http")
     assert [v for k, v in out if k == b"cookie"] == upstream

@@ -13,42 +13,21 @@ The gateway's own host (any name that is not a service's) keeps `/v1`, `/metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .browser import BROWSER_PREFIX
+from .context import Address, facts
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["ADDRESS_KEY", "PREFIX", "Address", "Addressing"]
+__all__ = ["PREFIX", "Address", "Addressing"]
 
 PREFIX = b"/services/"
-ADDRESS_KEY = "hestia.address"  # where the scope keeps its Address
-
-
-class Address(NamedTuple):
-    """Where a request goes. `service` None: the gateway itself (`unknown_host` set when the
-    host name was under `service_domain` but named no service)."""
-
-    service: str | None
-    path: bytes  # the path the upstream sees (a service's), or the gateway's own path
-    prefix: bytes = b""  # `/services/<id>` on a path route; empty on a host route
-    by_host: bool = False
-    unknown_host: str | None = None
-
-    @property
-    def gateway_page(self) -> bool:
-        """A `/__hestia/` path: answered by the gateway on every host, never proxied."""
-        return self.path.startswith(BROWSER_PREFIX)
-
-    @property
-    def proxied(self) -> bool:
-        return self.service is not None and not (self.by_host and self.gateway_page)
 
 
 class Addressing:
-    """Resolves a request's `Address` once (it is kept in the scope for later layers)."""
+    """Resolves a request's `Address` once (kept in its `RequestFacts` for later layers)."""
 
     def __init__(self, services: Iterable[str], hosts: Mapping[str, Iterable[str]] | None = None,
                  service_domain: str | None = None) -> None:
@@ -79,16 +58,16 @@ class Addressing:
         return None
 
     def resolve(self, scope: dict[str, Any]) -> Address:
-        cached: Address | None = scope.get(ADDRESS_KEY)
-        if cached is not None:
-            return cached
+        known = facts(scope)
+        if known.address is not None:
+            return known.address
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         address = None
         if self._hosts:
             address = self._by_host(scope["headers"], raw_path)
         if address is None:
             address = self._by_path(raw_path)
-        scope[ADDRESS_KEY] = address
+        known.address = address
         return address
 
     def _by_host(self, headers: list[tuple[bytes, bytes]], raw_path: bytes) -> Address | None:

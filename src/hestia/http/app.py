@@ -14,7 +14,15 @@ from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..errors import GatewayError, RequestRejected, UnknownService, error_response
+from ..errors import (
+    Conflict,
+    GatewayError,
+    HTTPProblem,
+    NotFound,
+    RequestRejected,
+    UnknownService,
+    error_response,
+)
 from ..events import EventBus
 from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
@@ -121,15 +129,15 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
                               if k not in (b"content-length", b"x-request-id")]
 
     @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> tuple[Response, int, list[Any]]:
-        status = error.code or 500
-        body = jsonify(error=(error.name or "error").lower().replace(" ", "_"),
-                       detail=error.description, service=None,
-                       request_id=g.get("request_id", ""))
-        # Keep what the error says beyond its body: `Allow` on a 405.
-        headers = [(k, v) for k, v in error.get_headers()
-                   if k.lower() not in ("content-type", "content-length")]
-        return body, status, headers
+    async def _http_error(error: HTTPException) -> tuple[bytes, int, list[Any]]:
+        # What the routing itself refuses, answered like every other error; `Allow` on a 405
+        # is kept.
+        headers = tuple((k.lower().encode("latin-1"), v.encode("latin-1"))
+                        for k, v in error.get_headers()
+                        if k.lower() not in ("content-type", "content-length"))
+        return await _gateway_error(HTTPProblem(
+            error.code or 500, (error.name or "error").lower().replace(" ", "_"),
+            error.description or "", headers))
 
     @app.get("/__health")
     async def health() -> Response:
@@ -144,8 +152,7 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
         if action not in ("enable", "disable") or machine_id not in machines:
             detail = (f"no machine named {machine_id!r}" if machine_id not in machines
                       else f"unknown action {action!r}: enable or disable")
-            return jsonify(error="not_found", detail=detail, service=None,
-                           request_id=g.get("request_id", "")), 404
+            raise NotFound(detail)
         changed = machines.set_enabled(machine_id, action == "enable")
         if changed:
             events.publish("machine", None, machine=machine_id, enabled=action == "enable")
@@ -174,20 +181,19 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     async def start_service(service_id: str) -> tuple[Response, int]:
         supervisor = supervisor_for(service_id)
         if not supervisor.request_start():
-            return _conflict(supervisor, f"{service_id!r} is already {supervisor.state.name}")
+            raise _conflict(supervisor, f"{service_id!r} is already {supervisor.state.name}")
         return jsonify(serviceId=service_id, state=State.STARTING.name, accepted=True), 202
 
     @app.post("/v1/services/<service_id>/stop")
     async def stop_service(service_id: str) -> tuple[Response, int]:
         supervisor = supervisor_for(service_id)
         if not supervisor.request_stop("api"):
-            return _conflict(supervisor, f"{service_id!r} is {supervisor.state.name}: "
-                                         "nothing to stop")
+            raise _conflict(supervisor, f"{service_id!r} is {supervisor.state.name}: "
+                                        "nothing to stop")
         return jsonify(serviceId=service_id, state=State.STOPPING.name, accepted=True), 202
 
     return app
 
 
-def _conflict(supervisor: Supervisor, detail: str) -> tuple[Response, int]:
-    return jsonify(error="conflict", detail=detail, service=supervisor.name,
-                   state=supervisor.state.name, request_id=g.get("request_id", "")), 409
+def _conflict(supervisor: Supervisor, detail: str) -> Conflict:
+    return Conflict(detail, service=supervisor.name, state=supervisor.state.name)

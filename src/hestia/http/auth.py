@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from typing import Any
 from urllib.parse import unquote
@@ -55,12 +54,14 @@ import structlog
 import trio
 
 from ..config import Config
+from ..errors import CrossOrigin, Forbidden, GatewayError, Unauthorized, error_response
 from ..observability import request_id_from
 from ..sessions import Session, Sessions, session_token
 from ..store import Store
 from .addressing import Address, Addressing
 from .browser import BROWSER_PREFIX, is_navigation
 from .client_body import drain
+from .context import facts
 from .login import LOGIN_PATH, LOGOUT_PATH, Login, here, same_origin
 
 __all__ = ["SCOPES", "AuthGate", "hash_key", "new_key"]
@@ -129,43 +130,42 @@ class AuthGate:
         if key is not None and (token is None or key.startswith(KEY_PREFIX)):
             row = self._lookup(key)
             if row is None:
-                await self._deny(scope, receive, send, 401, "unauthorized",
-                                 "unknown or revoked API key", None)
+                await self._deny(scope, receive, send, Unauthorized("unknown or revoked API key"),
+                                 None)
                 return
             name, granted = row["name"], row["scope"]
         elif token is not None:
             session = self.sessions.find(token)
             if session is None:
-                await self._deny(scope, receive, send, 401, "unauthorized",
-                                 "the session has expired or is not valid: log in again",
-                                 None, page=True, stale=True)
+                await self._deny(scope, receive, send, Unauthorized(
+                    "the session has expired or is not valid: log in again"), None, page=True,
+                    stale=True)
                 return
             name, granted = session.key_name, session.scope
         else:
-            await self._deny(scope, receive, send, 401, "unauthorized", "no API key", None,
-                             page=True)
+            await self._deny(scope, receive, send, Unauthorized("no API key"), None, page=True)
             return
         if granted != "admin" and needed != ANY and granted != needed:
             what = "session's key" if session is not None else "key"
-            await self._deny(scope, receive, send, 403, "forbidden",
-                             f"the {what} {name!r} has scope {granted!r}; this needs "
-                             f"{needed!r}", name, page=session is not None)
+            await self._deny(scope, receive, send, Forbidden(
+                f"the {what} {name!r} has scope {granted!r}; this needs {needed!r}"), name,
+                page=session is not None)
             return
         if session is not None and not (
                 scope["type"] == "http" and scope["method"] in SAFE_METHODS
         ) and not same_origin(scope, strict=True):
-            await self._deny(scope, receive, send, 403, "csrf",
-                             "a request authenticated by the session cookie that can change "
-                             "something must come from this origin (Origin, or "
-                             "Sec-Fetch-Site: same-origin); send an API key header instead",
-                             name)
+            await self._deny(scope, receive, send, CrossOrigin(
+                "a request authenticated by the session cookie that can change something must "
+                "come from this origin (Origin, or Sec-Fetch-Site: same-origin); send an API "
+                "key header instead"), name)
             return
         self._touch(name)
-        scope = {**scope, "hestia.key": name}  # the request's log line names the key
+        known = facts(scope)
+        known.key = name  # the request's log line names the key
         if row is not None and self.forward and needed == "proxy":
             # Only a service that required the key may see it (http/forwarding.py strips every
             # header holding a key from everything else that goes upstream).
-            scope["hestia.forward_key"] = True
+            known.forward_key = True
         await self.app(scope, receive, send)
 
     def _needed(self, scope: dict[str, Any], address: Address) -> str | None:
@@ -212,16 +212,16 @@ class AuthGate:
             self._touched[name] = now
             self.store.touch_key(name)
 
-    async def _deny(self, scope: dict[str, Any], receive: Any, send: Any, status: int,
-                    error: str, detail: str, key_name: str | None, *,
-                    page: bool = False, stale: bool = False) -> None:
+    async def _deny(self, scope: dict[str, Any], receive: Any, send: Any, error: GatewayError,
+                    key_name: str | None, *, page: bool = False, stale: bool = False) -> None:
         """Refuse the request: JSON, or, with `page`, the login page for a navigation (which
         clears a `stale` cookie)."""
         request_id = request_id_from(scope["headers"])
         client = scope.get("client")
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        log.warning("auth_denied", request_id=request_id, status=status, error=error,
-                    detail=detail, path=path, key=key_name,
+        status = error.status
+        log.warning("auth_denied", request_id=request_id, status=status, error=error.code,
+                    detail=error.detail, path=path, key=key_name,
                     client=client[0] if client else None)
         if page and scope["type"] == "http" and is_navigation(scope["method"], scope["headers"]):
             # A person in a browser: the login page, which says what went wrong.
@@ -232,13 +232,7 @@ class AuthGate:
             await self.login.page(scope, send, status, next=here(scope), message=message,
                                   error=status == 403 or stale, clear=stale)
             return
-        body = json.dumps({"error": error, "detail": detail, "service": None,
-                           "request_id": request_id}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode()),
-                   (b"x-request-id", request_id.encode()), (b"cache-control", b"no-store")]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="hestia"'))
+        status, headers, body = error_response(error, request_id)
         if scope["type"] == "websocket":
             if "websocket.http.response" in (scope.get("extensions") or {}):
                 await send({"type": "websocket.http.response.start", "status": status,

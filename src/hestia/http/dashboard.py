@@ -29,6 +29,7 @@ from ..sessions import session_token
 from ..store import Store
 from .addressing import Addressing
 from .browser import html_headers, is_navigation, render
+from .context import facts
 from .login import LOGOUT_PATH, is_https
 from .status import service_status
 
@@ -63,7 +64,7 @@ def dashboard_blueprint(supervisors: Mapping[str, Supervisor], routes: Mapping[s
         body = render("dashboard.html", now_ms=round(time.time() * 1000), services=services,
                       summary=summary([s["status"]["state"] for s in services]),
                       # Logged in from a browser (auth.py let the request in on its session).
-                      key=request.scope.get("hestia.key") if session_token(
+                      key=facts(request.scope).key if session_token(
                           request.scope["headers"]) is not None else None,
                       logout=LOGOUT_PATH.decode(),
                       machines=_machines(machines, supervisors),

@@ -28,9 +28,10 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, g, jsonify, request
 
-from ..errors import GatewayError, error_response
-from .addressing import ADDRESS_KEY, PREFIX, Address
+from ..errors import RequestRejected, ResponseTooLarge
+from .addressing import PREFIX, Address
 from .body import json_body
+from .context import facts
 from .proxy import ProxyHandler
 
 __all__ = ["MAX_RESPONSE", "dispatch_blueprint"]
@@ -39,7 +40,8 @@ MAX_RESPONSE = 16 * 1024 * 1024
 
 
 class _TooLarge(Exception):
-    pass
+    """The answer outgrew `MAX_RESPONSE` while being collected (raised through the proxy, which
+    has begun the response by then, and turned into `ResponseTooLarge` here)."""
 
 
 def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
@@ -50,9 +52,7 @@ def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
         spec = await json_body()
         problem, scope, body = _scope(spec, g.get("request_id", ""), request.remote_addr)
         if problem is not None:
-            return jsonify(error="bad_request", detail=problem, service=None,
-                           request_id=g.get("request_id", "")), 400
-        errors: list[GatewayError] = scope["hestia.errors"]
+            raise RequestRejected(problem)
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
         size = 0
@@ -77,19 +77,13 @@ def dispatch_blueprint(proxy: ProxyHandler) -> Blueprint:
                 chunks.append(message.get("body", b""))
 
         try:
-            await proxy(scope, receive, send)
+            # Hestia's own errors are raised here and answered as such by the app's handler.
+            await proxy.forward(scope, receive, send, answer_errors=False)
         except _TooLarge:
-            error = GatewayError(f"the response is larger than {MAX_RESPONSE} bytes; use "
-                                 f"/services/{spec['serviceId']}{spec.get('path', '/')}",
-                                 service=spec["serviceId"])
-            error.status, error.code = 502, "response_too_large"
-            errors.append(error)
-        if errors:
-            status, headers, payload = error_response(errors[0], g.get("request_id", ""))
-            keep = [(k.decode(), v.decode()) for k, v in headers
-                    if k in (b"retry-after", b"cache-control")]
-            return Response(payload, status=status, content_type="application/json",
-                            headers=keep)
+            raise ResponseTooLarge(
+                f"the response is larger than {MAX_RESPONSE} bytes; use "
+                f"/services/{spec['serviceId']}{spec.get('path', '/')}",
+                service=spec["serviceId"]) from None
         data = b"".join(chunks)
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
@@ -156,8 +150,8 @@ def _scope(spec: Any, request_id: str, remote: str | None,
     scope = {"type": "http", "method": method.upper(), "path": raw_path.decode("latin-1"),
              "raw_path": raw_path, "query_string": query.encode(), "headers": sent,
              "http_version": "1.1", "scheme": "http",
-             "client": (remote or "127.0.0.1", 0), "hestia.errors": []}
+             "client": (remote or "127.0.0.1", 0)}
     # The service is the one named, whatever a host name would say.
-    scope[ADDRESS_KEY] = Address(spec["serviceId"], target.encode(),
-                                 prefix=PREFIX + spec["serviceId"].encode())
+    facts(scope).address = Address(spec["serviceId"], target.encode(),
+                                   prefix=PREFIX + spec["serviceId"].encode())
     return None, scope, raw

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..errors import BadFraming, BodyTooLarge
+from .context import facts
 from .rewrite import Rewrite
 
 __all__ = [
@@ -132,7 +133,7 @@ def forwarded_headers(scope: dict[str, Any], request_id: str, *, drop: frozenset
     nominated = connection_dropped(headers) - HOP_BY_HOP
     if nominated:
         dropped = dropped | nominated
-    keep_keys = bool(scope.get("hestia.forward_key"))
+    keep_keys = facts(scope).forward_key
     out: Headers = []
     host = forwarded_for = None
     for name, value in headers:

@@ -55,6 +55,7 @@ from . import waiting
 from .addressing import PREFIX, Addressing
 from .browser import is_navigation
 from .client_body import ClientBody, ClientGone, drain
+from .context import facts
 from .forwarding import (
     CONNECTION_CLOSE,
     FRAMING,
@@ -100,59 +101,71 @@ class ProxyHandler:
                         if (rules := IgnoreRules.of(sup.config.activity.ignore)) is not None}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.forward(scope, receive, send)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, *,
+                      answer_errors: bool = True) -> None:
+        """Serve one request. Hestia's own errors are answered as JSON (or a page), unless
+        `answer_errors` is off: then one that comes before the response began is raised, for
+        a caller with an answer of its own to make (`POST /v1/requests`)."""
         began = trio.current_time()
         address = self.addressing.resolve(scope)
         req = ProxyRequest(scope, address, send, request_id_from(scope["headers"]))
         name = req.service
+        outcome: str | None = None
         try:
-            route = self.routes.get(name) if name is not None else None
-            if route is None:
-                raise UnknownService(
-                    f"no service named {name!r}" if name is not None else
-                    f"no service at the host name {address.unknown_host!r}", service=name,
-                    services=sorted(self.routes))
-            limits = route.first.config.limits
-            if limits.max_header_size:
-                check_header_size(scope, limits.max_header_size)
-            framing = request_framing(scope, limits.max_body_size)
-            headers = req.headers = forwarded_headers(
-                scope, req.request_id, drop=FRAMING, proto=scope.get("scheme", "http").encode())
-            if address.prefix:
-                headers.append((b"x-forwarded-prefix", address.prefix))
-            if framing.header is not None:
-                headers.append(framing.header)
-                if framing.length is None:
-                    headers.append(CONNECTION_CLOSE)  # see `_send_request`
-            req.body = ClientBody(receive, framing.length, limits.max_body_size)
-            supervisor = route.single
-            if supervisor is not None:  # the hot path: no strategy, no extra call
-                await self._serve(supervisor, req)
-            else:
-                await self._route(route, req)
+            await self._handle(req, receive)
         except GatewayError as error:
+            outcome = error.code
             if error.service is None:
                 error.service = name
             if not req.response_started:
-                # `POST /v1/requests` answers Hestia's own errors as such (see dispatch.py).
-                scope.get("hestia.errors", []).append(error)
+                if not answer_errors:
+                    raise
                 body = req.body
                 if body is None or not (body.done or body.disconnected):
                     # Hypercorn closes the connection as soon as an answer is complete while
                     # the request is not: drain first, so the client gets to read it.
                     await drain(receive)
                 await self._send_error(req, error)
-            outcome = error.code
         except ClientGone:
             outcome = "client_disconnected"
+        finally:
+            if self.metrics is not None:
+                self.metrics.request(req.backend, req.status, trio.current_time() - began)
+            log.info("request", request_id=req.request_id, service=name,
+                     method=scope["method"],
+                     path=(scope.get("raw_path") or b"").decode("latin-1"), status=req.status,
+                     bytes=req.body_bytes,
+                     duration_ms=round((trio.current_time() - began) * 1000, 2),
+                     error=outcome, key=facts(scope).key, backend=req.backend, route=req.route)
+
+    async def _handle(self, req: ProxyRequest, receive: Receive) -> None:
+        scope, address, name = req.scope, req.address, req.service
+        route = self.routes.get(name) if name is not None else None
+        if route is None:
+            raise UnknownService(
+                f"no service named {name!r}" if name is not None else
+                f"no service at the host name {address.unknown_host!r}", service=name,
+                services=sorted(self.routes))
+        limits = route.first.config.limits
+        if limits.max_header_size:
+            check_header_size(scope, limits.max_header_size)
+        framing = request_framing(scope, limits.max_body_size)
+        headers = req.headers = forwarded_headers(
+            scope, req.request_id, drop=FRAMING, proto=scope.get("scheme", "http").encode())
+        if address.prefix:
+            headers.append((b"x-forwarded-prefix", address.prefix))
+        if framing.header is not None:
+            headers.append(framing.header)
+            if framing.length is None:
+                headers.append(CONNECTION_CLOSE)  # see `_send_request`
+        req.body = ClientBody(receive, framing.length, limits.max_body_size)
+        supervisor = route.single
+        if supervisor is not None:  # the hot path: no strategy, no extra call
+            await self._serve(supervisor, req)
         else:
-            outcome = None
-        if self.metrics is not None:
-            self.metrics.request(req.backend, req.status, trio.current_time() - began)
-        log.info("request", request_id=req.request_id, service=name,
-                 method=scope["method"], path=(scope.get("raw_path") or b"").decode("latin-1"),
-                 status=req.status, bytes=req.body_bytes,
-                 duration_ms=round((trio.current_time() - began) * 1000, 2), error=outcome,
-                 key=scope.get("hestia.key"), backend=req.backend, route=req.route)
+            await self._route(route, req)
 
     async def _route(self, route: Route, req: ProxyRequest) -> None:
         """Several backends: the strategy answers (a model listing) or picks one. A backend

@@ -41,9 +41,9 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import trio
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
-from ..errors import UnknownService
+from ..errors import Conflict, UnknownService
 from ..events import EventBus
 from ..lifecycle.supervisor import State, Supervisor
 from ..routing.router import Route
@@ -302,9 +302,8 @@ def waiting_blueprint(supervisors: Mapping[str, Supervisor], routes: Mapping[str
         if target and _local_path(target):
             return Response(b"", 303, headers={"Location": target})
         if not accepted:
-            return jsonify(error="conflict", detail=f"{sup.name!r} is already {sup.state.name}",
-                           service=sup.name, state=sup.state.name,
-                           request_id=g.get("request_id", "")), 409
+            raise Conflict(f"{sup.name!r} is already {sup.state.name}", service=sup.name,
+                           state=sup.state.name)
         return jsonify(serviceId=sup.name, state=State.STARTING.name, accepted=True), 202
 
     return pages

@@ -46,6 +46,7 @@ from ..errors import (
     UpstreamReset,
     UpstreamTimeout,
     UpstreamUnreachable,
+    WebSocketRefused,
     error_response,
 )
 from ..lifecycle.supervisor import Lease, Supervisor
@@ -233,7 +234,7 @@ async def _connect(nursery: trio.Nursery, supervisor: Supervisor, resource: str,
     """The upstream WebSocket, its reader task started in `nursery`. Raises
     `UpstreamUnreachable`, `UpstreamTimeout` (the whole handshake is bounded by
     `timeouts.connect`), `UpstreamReset` (the upstream closed the connection or answered
-    something that is no handshake), or `_Rejected` with the upstream's own refusal."""
+    something that is no handshake), or `WebSocketRefused` with the upstream's own refusal."""
     placement = supervisor.placement
     timeout = supervisor.config.timeouts.connect
     handshake = _Handshake(nursery, host)
@@ -319,7 +320,7 @@ def _handshake_error(error: Exception | None) -> GatewayError:
     """What the upstream's end of a handshake that never completed is answered with; raises
     `error` itself when it is no fault of the upstream's."""
     if isinstance(error, ConnectionRejected) and error.status_code >= 200:
-        return _Rejected(error.status_code, list(error.headers), error.body or b"")
+        return WebSocketRefused(error.status_code, list(error.headers), error.body or b"")
     if error is None:
         return UpstreamReset("the upstream closed the connection before it answered the "
                              "WebSocket handshake")
@@ -334,17 +335,6 @@ def _handshake_error(error: Exception | None) -> GatewayError:
     if isinstance(error, (HandshakeError, OSError, trio.BrokenResourceError)):
         return UpstreamUnreachable(f"cannot open a WebSocket to the upstream: {error}")
     raise error
-
-
-class _Rejected(GatewayError):
-    """The upstream refused the WebSocket handshake: its answer goes to the client."""
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        super().__init__(f"the upstream refused the WebSocket with {status}")
-        self.status = status
-        self.code = "websocket_rejected"
-        self.headers = headers
-        self.body = body
 
 
 async def _going_away(shutdown: trio.Event, relay: _Relay, done: trio.CancelScope) -> None:
@@ -424,12 +414,12 @@ async def _deny(scope: dict[str, Any], send: Any, error: GatewayError,
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         await send({"type": "websocket.close", "code": 1008})
         return 403
-    if isinstance(error, _Rejected):
-        status, body = error.status, error.body
+    if isinstance(error, WebSocketRefused):
+        status, body, relayed = error.status, error.body, error.upstream_headers
         # Framed anew for the body as received, and with the id Hestia logged (as for HTTP).
-        dropped = _REFRAMED | {t.strip().lower() for name, value in error.headers
+        dropped = _REFRAMED | {t.strip().lower() for name, value in relayed
                                if name.lower() == b"connection" for t in value.split(b",")}
-        headers = [(k, v) for k, v in error.headers if k.lower() not in dropped]
+        headers = [(k, v) for k, v in relayed if k.lower() not in dropped]
         headers += [(b"content-length", str(len(body)).encode()),
                     (b"x-request-id", request_id.encode())]
     else:
