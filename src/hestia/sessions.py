@@ -11,10 +11,10 @@ Sessions expire `ttl` seconds after the login (wall-clock time, since they outli
 end at logout. Expired rows are deleted at each login, so the table holds at most the sessions of
 one `ttl`.
 
-Writes are synchronous, like API keys' (store.py): a login is rare and wants its row written
-before the redirect that uses it. The table is created when the first `Sessions` opens a store
-(`if_not_exists`, in one transaction, as the store's migrations do), so a database without it
-(written by a Hestia before sessions) needs no migration.
+Writes are synchronous, like API keys' (`Store.transaction`): a login is rare and wants its row
+written before the redirect that uses it. The table is created when the first `Sessions` opens a
+store (`if_not_exists`, in one transaction, as the store's migrations do), so a database without
+it (written by a Hestia before sessions) needs no migration.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 import trio
 from sqlite_utils import Database
 
-from .store import Store, StoreError, _transaction
+from .store import Store
 
 __all__ = ["CACHE_S", "COOKIE", "Session", "Sessions", "session_token"]
 
@@ -75,14 +74,14 @@ def _create_table(db: Database) -> None:
 
 
 class Sessions:
-    """The sessions in `store`'s database. Methods run on the event loop's thread, which is the
-    only one using the store's reading connection (store.py)."""
+    """The sessions in `store`'s database. Methods run on the event loop's thread, the only
+    one that may use `store.db`."""
 
     def __init__(self, store: Store, ttl: float, *,
                  wall_clock: Callable[[], float] = time.time) -> None:
         """Raises `StoreError` when the table cannot be created."""
         self.ttl = ttl
-        self._db: Database = store._db  # the connection the store's own synchronous writes use
+        self._store = store
         self._wall = wall_clock
         self._cache: dict[str, tuple[float, Session | None]] = {}
         self._write("create the sessions table", _create_table)
@@ -91,11 +90,8 @@ class Sessions:
         return f"<Sessions ttl={self.ttl:g}s cached={len(self._cache)}>"
 
     def _write(self, what: str, write: Callable[[Database], object]) -> None:
-        try:
-            with _transaction(self._db):
-                write(self._db)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot {what}: {exc}") from exc
+        with self._store.transaction(what) as db:
+            write(db)
 
     def create(self, key_hash: str) -> str:
         """A new session for the key with this hash; returns its token (the cookie's value),
@@ -133,7 +129,7 @@ class Sessions:
 
     def _read(self, digest: str) -> Session | None:
         # One indexed read: the session by its primary key, its key by the unique key_hash.
-        rows = self._db.execute(
+        rows = self._store.db.execute(
             "SELECT k.name, k.scope, s.expires_at, s.token_hash FROM sessions s "
             "JOIN auth_keys k ON k.key_hash = s.key_hash AND k.revoked_at IS NULL "
             "WHERE s.token_hash = ?", [digest]).fetchall()
