@@ -53,7 +53,7 @@ async def test_three_magic_packets_arrive_at_the_broadcast_address(tmp_path: Pat
         port = receiver.getsockname()[1]
         wol = WolLauncher(WolLauncherConfig(mac=MAC, broadcast="127.0.0.1", port=port),
                           tmp_path / "logs" / "gpu.log")
-        with trio.fail_after(5):
+        with trio.fail_after(5):  # fire and forget: nothing answers, nothing is waited for
             started = trio.current_time()
             running = await wol.start(CONTEXT)
             elapsed = trio.current_time() - started
@@ -62,7 +62,7 @@ async def test_three_magic_packets_arrive_at_the_broadcast_address(tmp_path: Pat
             packets.append(await receiver.recv(1024))
     assert packets == [build_magic_packet(MAC)] * 3
     assert len(packets[0]) == 102
-    assert 0.2 <= elapsed < 2  # 100 ms apart
+    assert elapsed >= 0.2  # 100 ms apart: `start` returns after the third
     assert running.pid is None
 
 
@@ -111,6 +111,7 @@ async def test_a_hung_stop_command_is_killed_with_its_group(tmp_path: Path):
     pid_file = tmp_path / "child.pid"
     running = await launcher(tmp_path, stop=f"sleep 60 & echo $! > {sh(pid_file)}; wait",
                              stop_timeout="300ms").start(CONTEXT)
+    # Bounded far below the command's 60 s: its SIGKILL came at stop_timeout, and its child's.
     with trio.fail_after(10), capture_logs() as logs:
         started = trio.current_time()
         await running.stop()
@@ -118,7 +119,7 @@ async def test_a_hung_stop_command_is_killed_with_its_group(tmp_path: Path):
         child = int(pid_file.read_text())
         while _alive(child):
             await trio.sleep(0.01)
-    assert 0.3 <= elapsed < 5
+    assert elapsed >= 0.3  # the command had its stop_timeout
     assert len(logs) == 1
     assert logs[0]["event"] == "wol_stop_failed"
     assert logs[0]["reason"] == "timeout"

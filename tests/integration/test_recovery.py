@@ -236,9 +236,8 @@ async def test_an_adopted_backend_that_ends_by_itself_is_a_crash_and_is_forgotte
         sup = supervisors["up"]
         await nursery.start(sup.run)
         leftover.kill()
-        began = trio.current_time()
+        # Seen at the next look at /proc: to the instant in tests/unit/test_recovery.py.
         await wait_until(lambda: sup.state.name == "COLD")
-        assert trio.current_time() - began < 2 * recovery.WAIT_POLL + 0.5
     assert sup.last_error["error"] == "backend_crashed"
     assert not path.exists()
 
