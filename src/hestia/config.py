@@ -408,6 +408,10 @@ class Config(_Model):
     `backends` (expanded at load; `routes` says which belong to which service)."""
     routes: dict[str, RouteConfig] = {}
     """Computed at load from `services`: never write it."""
+    allowed_hosts: list[str] = []
+    """Host names the gateway answers to besides addresses, `localhost` and its names,
+    `service_domain` and `hosts` (exact, or `*.example.net` for every name under it); a request
+    naming any other host is refused (DNS rebinding)."""
     service_domain: str | None = None
     """Serve each service at `<id>.<service_domain>` too, with its path unchanged (`localhost`
     needs no DNS: browsers resolve `*.localhost` to loopback)."""
@@ -447,6 +451,16 @@ class Config(_Model):
                     raise ValueError(f"services.{service_id}.hosts: {host!r} is already a host "
                                      f"of {owner[host]!r}")
         return self
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        names = [h.strip().rstrip(".").lower() for h in value]
+        bad = [h for h in names if not _HOST_NAME.match(h.removeprefix("*."))]
+        if bad:
+            raise ValueError(f"not a host name: {', '.join(map(repr, bad))} (a name such as "
+                             "gpu-box.lan, or *.example.net for every name under it)")
+        return names
 
     @field_validator("service_domain")
     @classmethod

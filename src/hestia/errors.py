@@ -11,7 +11,8 @@ HestiaError
     ├── Conflict                409  a start or stop that does not apply to the current state
     ├── Unauthorized            401  + WWW-Authenticate: no key, an unknown key, a stale session
     ├── Forbidden               403  the key's scope does not cover the request
-    │   └── CrossOrigin         403  a session-authenticated change from another origin (CSRF)
+    │   ├── CrossOrigin         403  a session-authenticated change from another origin (CSRF)
+    │   └── HostNotAllowed      403  a `Host` that is none of the gateway's names (DNS rebinding)
     ├── UnknownService          404  no service with that id
     ├── NoRoute                 4xx/5xx  the routing strategy refuses the request, with the
     │   │                       status and code it chooses (a plugin raises its own)
@@ -64,6 +65,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "HTTPProblem",
+    "HostNotAllowed",
     "HeadersTooLarge",
     "HestiaError",
     "NoBackendLeft",
@@ -167,6 +169,10 @@ class Forbidden(GatewayError):
 
 class CrossOrigin(Forbidden):
     code = "csrf"
+
+
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
 
 
 class UnknownService(GatewayError):

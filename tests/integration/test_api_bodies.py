@@ -36,7 +36,7 @@ class Connection:
         framing = [(b"transfer-encoding", b"chunked")] if chunked else \
             [(b"content-length", str(len(body)).encode())]
         await self._send(h11.Request(method=method, target=target,
-                                     headers=[(b"host", b"hestia"), *framing,
+                                     headers=[(b"host", b"localhost"), *framing,
                                               (b"x-request-id", request_id.encode())]))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_body, body)

@@ -203,3 +203,35 @@ async def test_websockets_on_host_routes_with_and_without_preserve_host(start_ga
         # On a path route, the prefix goes along.
         headers, _ = await websocket_on(gateway, "localhost", "/services/ws/headers")
         assert headers["x-forwarded-prefix"] == "/services/ws"
+
+
+async def test_a_host_name_that_is_not_the_gateways_is_refused(start_gateway):
+    # A page of another site that pointed its name at 127.0.0.1 (DNS rebinding) sends its own
+    # name as Host: it reaches nothing, though the gateway would rewrite Host for the upstream.
+    with trio.fail_after(30):
+        gateway = await start_gateway(allowed_hosts=["gpu-box.lan"],
+                                      services={"app": upstream_service()})
+        async with client(gateway) as http:
+            for path in ("/services/app/echo", "/v1/services", "/", "/__hestia/login"):
+                response = await http.get(path, headers=on("rebind.evil.example:8080"))
+                body = assert_error_body(response, 403, "host_not_allowed", None)
+                assert "allowed_hosts" in body["detail"]
+            # The gateway's own names pass: addresses, localhost, allowed_hosts.
+            for host in ("127.0.0.1:1", "localhost", "x.localhost", "GPU-BOX.lan:8080"):
+                assert (await echo(http, "/services/app/echo", host))["path"] == "/echo"
+        assert gateway.supervisors["app"].state.name == "READY"
+        gateway.supervisors["app"].request_stop("test")
+        # A WebSocket by another name is refused before anything starts.
+        ws = await trio.open_tcp_stream("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))
+        async with ws:
+            conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await ws.send_all(conn.send(Request(host="rebind.evil.example",
+                                                target="/services/app/")))
+            answer = b""
+            while b"}" not in answer:  # the head, then the JSON body
+                data = await ws.receive_some(65536)
+                assert data, answer
+                answer += data
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403"), head
+        assert json.loads(body)["error"] == "host_not_allowed"

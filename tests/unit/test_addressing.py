@@ -42,7 +42,11 @@ ADDRESSING = Addressing(["notebook", "Comfy", "a.b"], {"notebook": ["nb.example.
     (b"localhost", b"/services/a%2Eb/x", Address("a.b", b"/x", prefix=b"/services/a%2Eb")),
     (b"[::1]:8080", b"/v1/services", Address(None, b"/v1/services")),
     (None, b"/services/notebook/", Address("notebook", b"/", prefix=b"/services/notebook")),
-    (b"example.org", b"/", Address(None, b"/")),
+    # A name that is none of the gateway's: refused by the front (DNS rebinding).
+    (b"example.org", b"/services/notebook/", Address(None, b"/services/notebook/",
+                                                     foreign_host="example.org")),
+    (b"EVIL.example:8080", b"/v1/services", Address(None, b"/v1/services",
+                                                    foreign_host="evil.example")),
 ])
 def test_resolve(host: bytes | None, path: bytes, expected: Address) -> None:
     assert ADDRESSING.resolve(scope(host, path)) == expected
@@ -140,3 +144,27 @@ def test_cookie_path_on_path_routes_only() -> None:
     assert PATH_ROUTE.wanted(b"set-cookie") and not HOST_ROUTE.wanted(b"set-cookie")
     assert Rewrite(b"h:1", b"", b"", cookies=True).header(b"set-cookie", b"s=1; Path=/x") == \
         b"s=1; Path=/x"
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("localhost", True), ("api.localhost", True), ("127.0.0.1", True), ("10.1.2.3", True),
+    ("[::1]", True), ("[fe80::1]", True), ("notebook.localhost", True),
+    ("nb.example.net", True),  # a service's own name
+    ("gpu-box.lan", True), ("a.b.apps.example", True), ("apps.example", False),
+    ("evil.example", False), ("localhost.evil.example", False), ("127.0.0.1.nip.io", False),
+    ("gpu-box.lan.evil", False),
+])
+def test_the_names_the_gateway_answers_to(host: str, allowed: bool) -> None:
+    addressing = Addressing(["notebook"], {"notebook": ["nb.example.net"]}, None,
+                            ["gpu-box.lan", "*.apps.example"])
+    assert addressing.allowed(host) is allowed
+    address = addressing.resolve(scope(host.encode() + b":8080", b"/services/notebook/"))
+    assert (address.foreign_host is None) is allowed
+
+
+def test_allowed_hosts_in_the_config() -> None:
+    config = parse_config({"allowed_hosts": ["GPU-Box.LAN.", "*.apps.example"]}, env={})
+    assert config.allowed_hosts == ["gpu-box.lan", "*.apps.example"]
+    assert Addressing.from_config(config).allowed("x.apps.example")
+    with pytest.raises(ConfigError, match=r"allowed_hosts: not a host name: 'http://x'"):
+        parse_config({"allowed_hosts": ["http://x"]}, env={})

@@ -41,7 +41,7 @@ async def status(gate: AuthGate, key: str) -> int:
     scope = {"type": "http", "method": "GET", "path": "/v1/services",
              "raw_path": b"/v1/services", "query_string": b"", "scheme": "http",
              "http_version": "1.1", "client": ("127.0.0.1", 50000),
-             "headers": [(b"host", b"gateway"), (b"x-api-key", key.encode())]}
+             "headers": [(b"host", b"localhost"), (b"x-api-key", key.encode())]}
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

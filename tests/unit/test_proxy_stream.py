@@ -42,7 +42,7 @@ class SlowStreamUpstream(MemoryUpstream):
 
 def scope(path: bytes) -> dict[str, Any]:
     return {"type": "http", "method": "GET", "path": path.decode(), "raw_path": path,
-            "query_string": b"", "headers": [(b"host", b"gateway")], "scheme": "http",
+            "query_string": b"", "headers": [(b"host", b"localhost")], "scheme": "http",
             "client": ("127.0.0.1", 50000), "http_version": "1.1"}
 
 

@@ -74,11 +74,12 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
-            # A service's (by path or host name), or an unknown name under service_domain: the
-            # proxy's, which answers the latter 404. The rest (the gateway's own host, and
-            # `/__hestia/` on every host) goes through Quart's routing.
+            # A service's (by path or host name), an unknown name under service_domain or a
+            # name that is not the gateway's: the proxy's, which answers the last two 404 and
+            # 403. The rest (the gateway's own host, and `/__hestia/` on every host) goes
+            # through Quart's routing.
             address = addressing.resolve(scope)
-            if address.proxied or address.unknown_host is not None:
+            if address.proxied or address.unknown_host or address.foreign_host:
                 await (proxy if kind == "http" else websockets)(scope, receive, send)
                 return
         await quart_asgi(scope, receive, send)

@@ -16,13 +16,15 @@ _KEY = "hestia"
 
 class Address(NamedTuple):
     """Where a request goes. `service` None: the gateway itself (`unknown_host` set when the
-    host name was under `service_domain` but named no service)."""
+    host name was under `service_domain` but named no service, `foreign_host` when it is no
+    name of the gateway's at all)."""
 
     service: str | None
     path: bytes  # the path the upstream sees (a service's), or the gateway's own path
     prefix: bytes = b""  # `/services/<id>` on a path route; empty on a host route
     by_host: bool = False
     unknown_host: str | None = None
+    foreign_host: str | None = None  # a `Host` the gateway does not answer to (DNS rebinding)
 
     @property
     def gateway_page(self) -> bool:

@@ -64,7 +64,7 @@ from .forwarding import (
     request_framing,
     response_headers,
 )
-from .request import IgnoreRules, ProxyRequest, check_header_size, request_context
+from .request import IgnoreRules, ProxyRequest, check_header_size, request_context, unknown
 from .rewrite import Rewrite
 
 __all__ = ["HOP_BY_HOP", "PREFIX", "ProxyHandler", "check_header_size", "request_context"]
@@ -144,10 +144,7 @@ class ProxyHandler:
         scope, address, name = req.scope, req.address, req.service
         route = self.routes.get(name) if name is not None else None
         if route is None:
-            raise UnknownService(
-                f"no service named {name!r}" if name is not None else
-                f"no service at the host name {address.unknown_host!r}", service=name,
-                services=sorted(self.routes))
+            raise unknown(address, self.routes)
         limits = route.first.config.limits
         if limits.max_header_size:
             check_header_size(scope, limits.max_header_size)

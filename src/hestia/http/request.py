@@ -5,16 +5,17 @@ of a request, the header-size limit."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from ..config import ActivityIgnoreConfig
-from ..errors import HeadersTooLarge
+from ..errors import GatewayError, HeadersTooLarge, HostNotAllowed, UnknownService
 from ..routing.strategy import RequestContext
 from .addressing import Address
 from .client_body import ClientBody
 from .forwarding import carries_key
 
-__all__ = ["IgnoreRules", "ProxyRequest", "check_header_size", "request_context"]
+__all__ = ["IgnoreRules", "ProxyRequest", "check_header_size", "request_context", "unknown"]
 
 Scope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -107,3 +108,19 @@ def check_header_size(scope: Scope, limit: int) -> None:
         raise HeadersTooLarge(f"the request headers ({size} bytes) are larger than this "
                               f"service's limit of {limit} bytes (limits.max_header_size)",
                               limit=limit)
+
+
+def unknown(address: Address, services: Iterable[str]) -> GatewayError:
+    """The error for a request that names no service: a host the gateway does not answer to,
+    an unknown name under `service_domain`, or an unknown service id."""
+    if address.foreign_host is not None:
+        return HostNotAllowed(
+            f"{address.foreign_host!r} is not a name of this gateway: use its address or "
+            "localhost, or add the name to allowed_hosts (a name of another site pointed at "
+            "this machine is how a web page reaches services on it: DNS rebinding)")
+    listed = sorted(services)
+    if address.service is None:
+        return UnknownService(f"no service at the host name {address.unknown_host!r}",
+                              services=listed)
+    return UnknownService(f"no service named {address.service!r}", service=address.service,
+                          services=listed)

@@ -42,7 +42,6 @@ from trio_websocket import (
 from ..errors import (
     BackendStopped,
     GatewayError,
-    UnknownService,
     UpstreamReset,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -54,7 +53,7 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from .addressing import Addressing
 from .forwarding import HOP_BY_HOP, forwarded_headers
-from .request import check_header_size, request_context
+from .request import check_header_size, request_context, unknown
 
 __all__ = ["WebSocketProxy"]
 
@@ -121,10 +120,7 @@ class WebSocketProxy:
         try:
             route = self.routes.get(name) if name is not None else None
             if route is None:
-                raise UnknownService(
-                    f"no service named {name!r}" if name is not None else
-                    f"no service at the host name {address.unknown_host!r}", service=name,
-                                     services=sorted(self.routes))
+                raise unknown(address, self.routes)
             supervisor = route.single
             if supervisor is None:  # several backends: the strategy picks (without a body)
                 supervisor, _ = route.pick(request_context(scope, address.path))
