@@ -2,8 +2,8 @@
 
 Chosen by measurement (docs/performance.md, "Upstream codec vs h11"): h11 on this leg cost
 about 60 µs more CPU per proxied request (over half of Hestia's own work), 12% fewer requests/s
-at c=32 by median, single runs overlapping. What the proxy leg needs is narrow — write a
-request whose headers the server side already validated, then frame one response — so it does just that:
+at c=32 by median, single runs overlapping. The proxy leg needs little — write a request whose
+headers the server side already validated, then frame one response — and this does just that:
 
 - the request head is written as bytes; a body is passed through as is (Content-Length) or
   chunk-encoded (when the client sent it chunked);
