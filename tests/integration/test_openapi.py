@@ -372,7 +372,13 @@ async def test_real_answers_in_every_state_match_the_document(start_gateway, spe
                 a["kind"] for a in activity}
             assert len(check(await http.get("/v1/activity", params={
                 "serviceId": "up", "limit": "2"}), 200)["activity"]) == 2
-            check(await http.get("/v1/activity", params={"limit": "0"}), 200)
+            assert check(await http.get("/v1/activity", params={"limit": "0"}), 200) == {
+                "activity": []}
+            # Times as everywhere in the API (ISO 8601, UTC, milliseconds), newest first.
+            times = [datetime.fromisoformat(a["at"]) for a in activity]
+            assert all(a["at"].endswith("Z") and len(a["at"]) == 24 for a in activity)
+            assert times == sorted(times, reverse=True)
+            check(await http.get("/v1/activity", params={"limit": "-1"}), 400)
             check(await http.get("/v1/metrics"), 200)
 
         # Every route bounds a body before it acts, whether it takes one or not.
@@ -597,11 +603,16 @@ async def test_a_described_request_cannot_inject_lines_upstream(start_gateway, s
                 "serviceId": "up", "path": "/echo HTTP/1.1\r\nX-Smuggled: 1\r\nX-B: b"}), 400)
 
 
-async def test_activity_with_a_unicode_digit_limit_is_answered(start_gateway, spec):
+async def test_activity_refuses_a_limit_that_is_not_a_whole_number(start_gateway, spec):
+    # `²` passes str.isdigit() and fails int() (it was a 500); `-1` went against the document's
+    # own minimum (it was taken as 100).
     with trio.fail_after(15):
         gateway = await start_gateway(services={})
         async with client(gateway) as http:
-            spec.check(await http.get("/v1/activity", params={"limit": "²"}), 200)
+            for limit in ("²", "-1", "+5", " 7", "1.5", "ten", ""):
+                body = spec.check(await http.get("/v1/activity", params={"limit": limit}), 400)
+                assert body["error"] == "bad_request" and repr(limit) in body["detail"]
+            spec.check(await http.get("/v1/activity", params={"limit": "100000"}), 200)
 
 
 async def test_events_with_a_unicode_digit_last_event_id_are_answered(start_gateway, spec):

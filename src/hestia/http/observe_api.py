@@ -6,7 +6,9 @@
   A comment line every 15 s keeps idle connections open through proxies.
 - `GET /metrics`: Prometheus text; `GET /v1/metrics`: the same samples as JSON.
 - `GET /v1/activity[?serviceId=ID&limit=N]`: the stored history of lifecycle events, newest
-  first (it survives restarts; `limit` defaults to 100, at most 1,000).
+  first (it survives restarts; `limit` defaults to 100, larger than 1,000 means 1,000, and one
+  that is not a whole number ≥ 0 is `400 bad_request`). `at` is ISO 8601 in UTC, like every
+  time of the API, though the store keeps Unix seconds (its order and pruning use them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from ..errors import RequestRejected
 from ..events import Event, EventBus
 from ..metrics import Metrics
+from ..observability import iso_time
 from ..store import Store
 
 __all__ = ["observe_blueprint"]
@@ -32,16 +36,22 @@ def observe_blueprint(events: EventBus, metrics: Metrics, store: Store | None = 
 
     @api.get("/v1/activity")
     async def activity() -> Response:
+        """Raises `RequestRejected` (400) for a `limit` that is not a whole number ≥ 0."""
         limit = request.args.get("limit", "100")
-        count = min(1000, int(limit)) if limit.isascii() and limit.isdigit() else 100
+        # ASCII digits only: int() takes `-1`, `+5`, ` 7` and `٣`; isdigit() passes `²`, which
+        # int() refuses.
+        if not (limit.isascii() and limit.isdigit()):
+            raise RequestRejected(f"limit must be a whole number of rows, 0 or more (got "
+                                  f"{limit!r})")
+        count = min(1000, int(limit))
         service = request.args.get("serviceId")
-        if store is not None:
-            with trio.move_on_after(1):
-                await store.flush()  # what was published before this request is in the answer
-        rows = store.activity(service, count) if store is not None else [
-            e.as_dict() for e in reversed(events.recent)
-            if service is None or e.service == service][:count]
-        return jsonify(activity=rows)
+        if store is None:
+            return jsonify(activity=[e.as_dict() for e in reversed(events.recent)
+                                     if service is None or e.service == service][:count])
+        with trio.move_on_after(1):
+            await store.flush()  # what was published before this request is in the answer
+        return jsonify(activity=[{**row, "at": iso_time(row["at"])}
+                                 for row in store.activity(service, count)])
 
     @api.get("/v1/events")
     async def stream_events() -> Response:

@@ -196,7 +196,7 @@ SCHEMAS: dict[str, Schema] = {
          "body": STR, "bodyEncoding": {"enum": ["utf-8", "base64"]}},
         closed=True, description="The upstream's answer, whatever its status."),
     "ActivityRecord": _object(
-        {"id": INT, "at": {"type": "number", "description": "Unix time, seconds"},
+        {"id": INT, "at": TIME,
          "service": _or_null(STR), "kind": STR, "reason": _or_null(STR),
          "duration_ms": _or_null(NUM),
          "detail": {**_or_null({"type": "object"}), "description": "the event's fields"}},
@@ -382,10 +382,11 @@ PATHS: dict[str, Any] = {
         "activity", "Stored lifecycle events, newest first",
         {"200": _json(_object({"activity": {"type": "array", "items": {
             "anyOf": [_ref("ActivityRecord"), _ref("Event")]}}}, closed=True),
-            "`ActivityRecord`s (an app without a store answers `Event`s)")},
+            "`ActivityRecord`s (an app without a store answers `Event`s)"),
+         "400": _error("`bad_request`: `limit` is not a whole number, 0 or more")},
         parameters=[_query("serviceId", STR, "only this service's events"),
                     _query("limit", {"type": "integer", "minimum": 0, "default": 100},
-                           "at most 1,000; a value that is not a number means 100")],
+                           "how many, newest first; more than 1,000 means 1,000")],
         tag="observe")},
     "/v1/strategies": {"get": _op(
         "strategies", "Loaded routing strategies, and each multi-backend service's route",

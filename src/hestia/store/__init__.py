@@ -354,7 +354,8 @@ class Store:
         return [ms / 1000 for (ms,) in reversed(rows)]
 
     def activity(self, service: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Events, newest first (all services' when `service` is None)."""
+        """Events, newest first (all services' when `service` is None). `at` is Unix seconds,
+        as stored (ordered and pruned by it); `/v1/activity` shows it as ISO 8601."""
         return self._newest("activity", service, limit, "at DESC, id DESC")
 
     def tasks(self, service: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -369,17 +369,14 @@
     feedEmpty.hidden = entries.length > 0;
   }
 
-  // A stored row's `at` is seconds as a float; the stream's, an ISO string. Both to the
-  // millisecond the server wrote in ISO (it truncates).
-  const rowAt = (at) => Math.floor(at) * 1000 + Math.floor((at % 1) * 1000);
-
   async function refreshActivity() {
     try {
       const { activity } = await call("GET", `/v1/activity?limit=${FEED_MAX}`);
-      // Oldest first, so that arrival orders them as the server did.
-      addToFeed(activity.reverse().map((row) => (typeof row.at === "number"
-        ? entry(rowAt(row.at), row.service, row.kind, row.detail || {})
-        : entry(epoch(row.at), row.service, row.kind, row))));
+      // Oldest first, so that arrival orders them as the server did. A stored row keeps the
+      // event's fields in `detail`; a gateway without a store answers the events themselves
+      // (with their `seq`). Either way `at` is ISO, to the millisecond, like the stream's.
+      addToFeed(activity.reverse().map((row) => entry(
+        epoch(row.at), row.service, row.kind, "seq" in row ? row : row.detail || {})));
     } catch (error) {
       setLive(false, `cannot read the activity: ${error.message}`);
     }
