@@ -98,10 +98,10 @@ async def test_a_close_code_from_the_client_reaches_the_upstream(start_gateway, 
 
 async def test_an_open_socket_keeps_the_backend_past_its_idle_timeout(start_gateway):
     with trio.fail_after(30):
-        gateway = await start_gateway(services={"ws": ws_service(idle_timeout="500ms")})
+        gateway = await start_gateway(services={"ws": ws_service(idle_timeout="300ms")})
         supervisor = gateway.supervisors["ws"]
         async with open_websocket_url(ws_url(gateway, "/services/ws/echo")) as ws:
-            await trio.sleep(1.5)  # three idle timeouts with the socket open
+            await trio.sleep(0.9)  # three idle timeouts with the socket open
             assert supervisor.state.name == "READY"
             await ws.send_message("still here")
             assert await ws.get_message() == "still here"
@@ -111,9 +111,11 @@ async def test_an_open_socket_keeps_the_backend_past_its_idle_timeout(start_gate
 async def test_with_websockets_ignored_the_backend_stops_and_the_socket_gets_1001(
         start_gateway):
     with trio.fail_after(30):
+        # The idle stop drains the ignored socket for grace_period before it closes it.
         gateway = await start_gateway(
             services={"ws": ws_service(idle_timeout="500ms",
-                                       activity={"websockets": "ignore"})})
+                                       activity={"websockets": "ignore"})},
+            grace_period="300ms")
         async with open_websocket_url(ws_url(gateway, "/services/ws/echo")) as ws:
             await ws.send_message("hi")
             assert await ws.get_message() == "hi"
