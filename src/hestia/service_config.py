@@ -43,8 +43,9 @@ class ReadinessConfig(_Model):
     """How Hestia knows a started backend serves. Give at most one of `http`, `tcp`, `delay`;
     with none, a TCP connect to the upstream is the probe.
 
-    Probing is adaptive: the first probe runs a few milliseconds after the start and the interval
-    grows to `interval`, so readiness is seen within `interval` of the upstream being ready.
+    Probing is adaptive: the first probe runs as soon as the launcher has started the backend,
+    the next 2 ms after it failed, and each further wait is 1.5 times the previous one, up to
+    `interval`; so readiness is seen within about `interval` of the upstream being ready.
     """
 
     http: str | None = None

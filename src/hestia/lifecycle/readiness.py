@@ -1,9 +1,11 @@
 """Readiness probes: how a supervisor knows a started backend serves.
 
-Probing is adaptive: the first probe comes `FIRST_INTERVAL` after the start, each gap grows by
-`GROWTH` up to the configured cap. A start that takes 2 ms is seen in about 2 ms, one that takes
-two minutes costs a probe every `interval` — cheap on loopback, where an early probe is a refused
-connect — and the added cold-start latency stays below `interval`.
+Probing is adaptive (`poll_until`): the first probe runs as soon as the launcher's `start`
+returns, with no wait; after each failed probe the wait before the next is `FIRST_INTERVAL`, then
+`GROWTH` times the previous one, up to the configured cap (`readiness.interval`). A start that
+takes 2 ms is seen in about 2 ms, one that takes two minutes costs a probe every `interval` —
+cheap on loopback, where an early probe is a refused connect — and the added cold-start latency
+stays below `interval` plus one probe's own exchange.
 """
 
 from __future__ import annotations
