@@ -147,7 +147,9 @@ SCHEMAS: dict[str, Schema] = {
         "nextAttemptInS": {**_or_null({"type": "number", "minimum": 0}),
                            "description": "the same, in seconds from now"},
         "group": _or_null(STR), "idleTimeoutS": {"type": "number", "minimum": 0},
-        "keepWarm": BOOL, "pid": _or_null(INT), "starts": COUNT, "logTail": STRINGS,
+        "keepWarm": BOOL, "pid": _or_null(INT), "logTail": STRINGS,
+        "starts": {**COUNT, "description": "starts begun, each once whatever its attempts "
+                   "(failed ones too), across Hestia's restarts"},
         "automation": _ref("Automation"),
     }, closed=True),
     "TaskRecord": _object({**_TASK, **_TASK_DONE}, closed=True,
