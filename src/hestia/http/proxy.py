@@ -18,7 +18,6 @@ without the end of the message), never a clean, complete body.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +32,6 @@ from ..errors import (
     NoRoute,
     UnknownService,
     UpstreamReset,
-    UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
 )
@@ -44,11 +42,9 @@ from ..observability import request_id_from
 from ..routing.router import Route
 from ..routing.strategy import LocalAnswer
 from ..upstream import (
-    LAST_CHUNK,
     BodyReader,
     Connection,
     ResponseHead,
-    encode_chunk,
     request_head,
 )
 from . import waiting
@@ -56,6 +52,7 @@ from .addressing import PREFIX, Addressing
 from .browser import is_navigation
 from .client_body import ClientBody, ClientGone, drain
 from .context import facts
+from .exchange import cut_short, give_back, send_request, watch_disconnect
 from .forwarding import (
     CONNECTION_CLOSE,
     FRAMING,
@@ -156,7 +153,7 @@ class ProxyHandler:
         if framing.header is not None:
             headers.append(framing.header)
             if framing.length is None:
-                headers.append(CONNECTION_CLOSE)  # see `_send_request`
+                headers.append(CONNECTION_CLOSE)  # see `exchange.send_request`
         req.body = ClientBody(receive, framing.length, limits.max_body_size)
         supervisor = route.single
         if supervisor is not None:  # the hot path: no strategy, no extra call
@@ -259,7 +256,7 @@ class ProxyHandler:
             if self.metrics is not None:
                 self.metrics.queue_wait(supervisor.name, trio.current_time() - waited)
         # Where the backend runs is known only now (a fallback placement has its own upstream).
-        placement = supervisor.placement
+        placement = lease.placement
         host = placement.host_header
         if supervisor.config.preserve_host:
             host = next((v for k, v in req.scope["headers"] if k == b"host"), host)
@@ -305,7 +302,7 @@ class ProxyHandler:
         its nursery per request cost more than the rest of Hestia's own work together
         (docs/performance.md). A client that goes away is seen within `QUICK` at the latest.
         """
-        timeouts = supervisor.config.timeouts
+        timeouts = lease.timeouts
         body = req.body
         assert body is not None
         method = req.method
@@ -318,11 +315,11 @@ class ProxyHandler:
         quick = False  # whether the fast path's own deadline is armed
         try:
             # One cancel scope serves the deadlines and the lease's revocation; the cause of a
-            # cancellation is told apart afterwards, in `_cut_short`.
+            # cancellation is told apart afterwards, in `cut_short`.
             with trio.CancelScope(deadline=req.total_deadline) as cancel:
                 lease.bind(cancel)
                 retryable = method in IDEMPOTENT
-                conn = await self._send_request(supervisor, request, req, retryable=retryable)
+                conn = await send_request(lease, request, req, retryable=retryable)
                 now = req.sent_at = trio.current_time()
                 if timeouts.first_byte > 0:
                     req.first_byte_deadline = now + timeouts.first_byte
@@ -341,14 +338,14 @@ class ProxyHandler:
                     cancel.deadline = min(req.total_deadline, req.first_byte_deadline)
                     await conn.aclose()
                     conn = None
-                    conn = await self._send_request(supervisor, request, req,
-                                                    retryable=True, fresh=True)
+                    conn = await send_request(lease, request, req, retryable=True,
+                                               fresh=True)
                     head = await conn.read_head(method)
                 reader = BodyReader(conn, head)
                 data = reader.take()
                 self._first_byte(supervisor, req)
             if cancel.cancelled_caught:
-                self._cut_short(lease, req, timeouts, quick_ok=quick)
+                cut_short(lease, req, quick_ok=quick)
             assert conn is not None
             if reader is None or not reader.done:
                 await self._stream(supervisor, lease, conn, reader, data, req, rewrite)
@@ -357,7 +354,7 @@ class ProxyHandler:
             req.status = head.status
             req.body_bytes = len(data)
             req.finished = req.response_started = True
-            await _give_back(supervisor, conn, req)
+            await give_back(lease, conn, req)
         except BaseException:
             if conn is not None and not req.finished:
                 await conn.aclose()
@@ -382,7 +379,7 @@ class ProxyHandler:
             lease.bind(cancel)
             try:
                 if body.done:
-                    nursery.start_soon(_watch_disconnect, req, cancel)
+                    nursery.start_soon(watch_disconnect, req, cancel)
                 if reader is None:
                     reader = BodyReader(conn, await conn.read_head(req.method))
                     self._first_byte(supervisor, req)
@@ -404,7 +401,7 @@ class ProxyHandler:
                     data = await reader.read()
                     req.body_bytes += len(data)
                 req.finished = True
-                await _give_back(supervisor, conn, req)
+                await give_back(lease, conn, req)
             except (GatewayError, ClientGone) as exc:
                 failure = exc  # raised below, outside the nursery's exception group
             finally:
@@ -414,93 +411,9 @@ class ProxyHandler:
         if failure is not None:
             raise failure
         if not req.finished:
-            self._cut_short(lease, req, supervisor.config.timeouts, quick_ok=False)
+            cut_short(lease, req, quick_ok=False)
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
     def _first_byte(self, supervisor: Supervisor, req: ProxyRequest) -> None:
         if self.metrics is not None:
             self.metrics.first_byte(supervisor.name, trio.current_time() - req.sent_at)
-
-    @staticmethod
-    def _cut_short(lease: Lease, req: ProxyRequest, timeouts: Any, *, quick_ok: bool) -> None:
-        """Raise what cancelled the exchange; return when it was only the fast path's end."""
-        if lease.error is not None:
-            raise copy.copy(lease.error)  # one error revokes many leases: one copy each
-        assert req.body is not None
-        if req.body.disconnected:
-            raise ClientGone
-        now = trio.current_time()
-        if not req.response_started and now >= req.first_byte_deadline and \
-                req.first_byte_deadline <= req.total_deadline:
-            raise UpstreamTimeout(
-                f"no response from the upstream within {timeouts.first_byte}s",
-                phase="first_byte")
-        if now >= req.total_deadline or not quick_ok:
-            raise UpstreamTimeout(
-                f"the upstream exchange took longer than {timeouts.total}s", phase="total")
-
-    async def _send_request(self, supervisor: Supervisor, request: bytes, req: ProxyRequest,
-                            *, retryable: bool, fresh: bool = False) -> Connection:
-        """A connection on which the request (head and body) has been sent, or as much of it
-        as the upstream took before it answered early (`req.reuse_connection` is set only
-        when the whole body went out, framed by its length).
-        Raises `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamReset`, `BadFraming`,
-        `BodyTooLarge` or `ClientGone`, having closed the connection."""
-        req.reuse_connection = False
-        body = req.body
-        assert body is not None
-        chunked = body.length is None
-        connect_timeout = supervisor.config.timeouts.connect
-        pool = supervisor.pool
-        conn = await (pool.connect(connect_timeout) if fresh else
-                      pool.acquire(connect_timeout, check=not retryable))
-        try:
-            try:
-                await conn.send(request)
-            except (trio.BrokenResourceError, OSError):
-                if not conn.reused:
-                    raise UpstreamReset("the upstream closed the connection") from None
-                # A kept-alive connection the upstream closed just now: once more, fresh.
-                await conn.aclose()
-                conn = await supervisor.pool.connect(connect_timeout)
-                try:
-                    await conn.send(request)
-                except (trio.BrokenResourceError, OSError) as exc:
-                    raise UpstreamReset(f"cannot send to the upstream: {exc}") from None
-            try:
-                async for data in body.chunks():
-                    await conn.send(encode_chunk(data) if chunked else data)
-                if chunked:
-                    await conn.send(LAST_CHUNK)
-                # A chunked request never leaves its connection to another one: an upstream
-                # that ignores Transfer-Encoding (http.server-based ones do) reads the chunks
-                # as requests of their own, whose answers would go to the next client.
-                req.reuse_connection = not chunked
-            except (trio.BrokenResourceError, OSError):
-                pass  # the upstream may have answered early (413, 401) and closed: read that
-        except BaseException:
-            await conn.aclose()
-            raise
-        return conn
-
-
-async def _watch_disconnect(req: ProxyRequest, scope: trio.CancelScope) -> None:
-    assert req.body is not None
-    while True:
-        message = await req.body.receive()
-        if message["type"] == "http.disconnect":
-            # Hypercorn also reports a disconnect once the response is complete.
-            if not req.finished:
-                req.body.disconnected = True
-                scope.cancel()
-            return
-
-
-async def _give_back(supervisor: Supervisor, conn: Connection, req: ProxyRequest) -> None:
-    """After a response read to its end: the connection goes back to the pool only when the
-    request also went out whole, framed by its length. Bytes of a request body still owed would
-    otherwise be read by the upstream as the start of the next client's request."""
-    if req.reuse_connection:
-        await supervisor.pool.release(conn)
-    else:
-        await conn.aclose()
