@@ -39,6 +39,7 @@ from trio_websocket import (
     connect_websocket,
 )
 
+from ..config import LimitsConfig
 from ..errors import (
     BackendStopped,
     GatewayError,
@@ -150,7 +151,7 @@ class WebSocketProxy:
                      relay: _Relay) -> Lease:
         """Connect upstream, accept the client, relay until either side closes. Returns the
         lease it holds at the end (a passive one under `activity.websockets: ignore`)."""
-        placement = supervisor.placement
+        placement = lease.placement
         query = scope.get("query_string", b"")
         resource = (placement.prefix + path + (b"?" + query if query else b"")).decode(
             "latin-1")
@@ -164,7 +165,7 @@ class WebSocketProxy:
                 prefix = self.addressing.resolve(scope).prefix
                 if prefix:
                     headers.append((b"x-forwarded-prefix", prefix))
-                upstream = await _connect(nursery, supervisor, resource,
+                upstream = await _connect(nursery, lease, supervisor.config.limits, resource,
                                           _subprotocols(scope), headers, host)
             except GatewayError as error:
                 # Raised in here, it would leave the nursery inside an ExceptionGroup, which
@@ -224,15 +225,15 @@ async def _wait_for_lease(supervisor: Supervisor, receive: Any) -> Lease:
     return lease
 
 
-async def _connect(nursery: trio.Nursery, supervisor: Supervisor, resource: str,
+async def _connect(nursery: trio.Nursery, lease: Lease, limits: LimitsConfig, resource: str,
                    subprotocols: list[str], headers: list[tuple[bytes, bytes]],
                    host: str | None = None) -> WebSocketConnection:
     """The upstream WebSocket, its reader task started in `nursery`. Raises
     `UpstreamUnreachable`, `UpstreamTimeout` (the whole handshake is bounded by
     `timeouts.connect`), `UpstreamReset` (the upstream closed the connection or answered
     something that is no handshake), or `WebSocketRefused` with the upstream's own refusal."""
-    placement = supervisor.placement
-    timeout = supervisor.config.timeouts.connect
+    placement = lease.placement
+    timeout = lease.timeouts.connect
     handshake = _Handshake(nursery, host)
     upstream: WebSocketConnection | None = None
     try:
@@ -241,7 +242,7 @@ async def _connect(nursery: trio.Nursery, supervisor: Supervisor, resource: str,
             upstream = await connect_websocket(
                 handshake, placement.host, placement.port, resource,  # type: ignore[arg-type]
                 use_ssl=placement.upstream.startswith("https:"), subprotocols=subprotocols,
-                extra_headers=headers, max_message_size=supervisor.config.limits.max_message_size,
+                extra_headers=headers, max_message_size=limits.max_message_size,
                 receive_buffer_size=_RECEIVE_BUFFER)
     except trio.TooSlowError:
         raise UpstreamTimeout(f"the upstream WebSocket handshake took longer than {timeout}s",
