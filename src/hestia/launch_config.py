@@ -90,8 +90,9 @@ class ProcessLauncherConfig(_Model):
     """Start the backend as a local child process in its own process group.
 
     Its stdout and stderr go to `<data_dir>/logs/<service>.log`. The environment is Hestia's own,
-    plus `env`, plus `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_UPSTREAM` and `HESTIA_PORT`
-    (the upstream's port, so a program can bind where Hestia will look for it).
+    plus `env`, plus `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_MACHINE`, `HESTIA_UPSTREAM`,
+    `HESTIA_PORT` (the upstream's port, so a program can bind where Hestia will look for it) and
+    `HESTIA_ACTION=start`.
     """
 
     command: list[str] = Field(min_length=1)
@@ -265,7 +266,8 @@ class AuthConfig(_Model):
     """API keys (see docs/configuration.md#api-keys); keys are made with `hestia keys`."""
 
     enabled: bool = False
-    """When on, every route but `/__health` needs a key with the right scope."""
+    """When on, every route needs a key with the right scope (or a browser session made with
+    one), but `/__health`, the login page's paths and services with `auth: none`."""
     forward_authorization: bool = False
     """Pass the header that carried the key on to the upstream (off: it is removed)."""
     session_ttl: Duration = Field(default=7 * 86400.0, gt=0)
