@@ -35,9 +35,10 @@ Hestia's errors (the `Error` body: 404 unknown service, 413/431 over a limit, 50
 errors, 503 with `Retry-After` while a start fails or the hold queue is full).
 
 Authentication: when `auth.enabled` is on, every route but `/__health` needs an API key, sent as
-`X-API-Key: KEY` or `Authorization: Bearer KEY`; `read` keys may use `GET` on `/`, `/v1/…` and
-`/metrics`, `admin` keys everything. Without a key: 401; a key of the wrong scope: 403. With
-`auth.enabled` off (the default) no key is needed.
+`X-API-Key: KEY` or `Authorization: Bearer KEY` (or the session cookie of a browser that logged
+in with one); `read` keys may use `GET` on `/`, `/v1/…` and `/metrics`, `admin` keys everything.
+Without a key: 401; a key of the wrong scope: 403. With `auth.enabled` off (the default) no key
+is needed.
 
 Every response carries `X-Request-ID` (the client's own when it sent a sane one), and every error
 body has the `Error` shape."""
