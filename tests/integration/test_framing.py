@@ -48,9 +48,11 @@ class Answer:
 
 
 async def exchange(gateway, data: bytes, *, expect: int = 1, timeout: float = 5,
-                   see_close: bool = True) -> Answer:
+                   see_close: bool = False) -> Answer:
     """Send `data` on a fresh connection; read up to `expect` responses (for at most `timeout`
-    seconds), and whether the gateway closed the connection after them."""
+    seconds), and, with `see_close`, wait (as long again at most) for the gateway to close the
+    connection after them. Without it, `closed` says only whether the close came with them: a
+    kept-alive connection would be waited on for nothing."""
     stream = await trio.open_tcp_stream("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))
     answer = Answer()
     conn = h11.Connection(h11.CLIENT)
@@ -84,7 +86,7 @@ async def exchange(gateway, data: bytes, *, expect: int = 1, timeout: float = 5,
                     answer.closed = True
                     break
         if see_close and not answer.closed and answer.responses:
-            with trio.move_on_after(1):
+            with trio.move_on_after(timeout):
                 answer.closed = await stream.receive_some(1) == b""
     finally:
         await stream.aclose()
@@ -108,7 +110,7 @@ async def assert_victim_is_served_alone(gateway) -> None:
     receives it as a request of its own: nothing of an earlier request is glued to it."""
     upstream: RecordingUpstream = gateway.upstream
     before = len(upstream.requests)
-    answer = await exchange(gateway, VICTIM, see_close=False)
+    answer = await exchange(gateway, VICTIM)
     [(status, _, body)] = answer.responses
     assert status == 200
     assert json.loads(body)["target"] == "/victim"
@@ -126,7 +128,7 @@ async def test_the_reported_smuggle_is_refused_and_the_next_client_is_unharmed(g
         chunk = b"x" + SMUGGLED
         attack = request(b"POST", [b"Transfer-Encoding: chunked", b"Content-Length: 1"],
                          encode_chunk(chunk) + LAST_CHUNK)
-        answer = await exchange(gateway, attack)
+        answer = await exchange(gateway, attack, see_close=True)
         [(status, headers, body)] = answer.responses
         assert status == 400
         assert json.loads(body)["error"] == "bad_framing"
@@ -148,7 +150,7 @@ async def test_a_request_with_both_framings_is_refused_and_nothing_goes_upstream
         gateway, headers):
     with trio.fail_after(30):
         body = encode_chunk(b"x" + SMUGGLED) + LAST_CHUNK
-        answer = await exchange(gateway, request(b"POST", headers, body))
+        answer = await exchange(gateway, request(b"POST", headers, body), see_close=True)
         [(status, _, payload)] = answer.responses
         assert (status, json.loads(payload)["error"]) == (400, "bad_framing")
         assert answer.closed
@@ -163,7 +165,8 @@ async def test_a_request_with_both_framings_is_refused_and_nothing_goes_upstream
 async def test_http_1_0_with_transfer_encoding_is_refused_and_closed(gateway, headers):
     with trio.fail_after(30):
         body = encode_chunk(b"hello") + LAST_CHUNK
-        answer = await exchange(gateway, request(b"POST", headers, body, version=b"1.0"))
+        answer = await exchange(gateway, request(b"POST", headers, body, version=b"1.0"),
+                                see_close=True)
         [(status, _, payload)] = answer.responses
         assert (status, json.loads(payload)["error"]) == (400, "bad_framing")
         assert answer.closed
@@ -189,7 +192,7 @@ async def test_ambiguous_framing_never_reaches_the_upstream(gateway, headers, st
     coding it does not implement; the upstream receives nothing, the connection closes."""
     with trio.fail_after(30):
         body = encode_chunk(b"x" + SMUGGLED) + LAST_CHUNK
-        answer = await exchange(gateway, request(b"POST", headers, body))
+        answer = await exchange(gateway, request(b"POST", headers, body), see_close=True)
         assert [r[0] for r in answer.responses] == [status]
         assert answer.closed
         assert gateway.upstream.data_connections == []
@@ -341,7 +344,7 @@ async def _one_example(gateway, message: bytes) -> None:
     upstream.reset()
     # A response may never come (a body shorter than its Content-Length is waited for): what
     # matters is what reached the upstream meanwhile.
-    await exchange(gateway, message, timeout=0.3, see_close=False)
+    await exchange(gateway, message, timeout=0.3)
     # At most one request upstream, and never the smuggled one.
     assert len(upstream.requests) <= 1, upstream.requests
     assert upstream.errors == []
