@@ -245,7 +245,10 @@ async def test_every_placement_failing_is_one_503_naming_each_attempt(start_gate
 
 async def test_keep_warm_restarts_after_a_crash_without_a_request(start_gateway):
     with trio.fail_after(30):
-        gateway = await start_gateway(services={"up": upstream_service(keep_warm=True)})
+        # The restart waits startup.delay (the backoff, in virtual time in
+        # tests/unit/test_crash_backoff.py), 100ms here.
+        gateway = await start_gateway(services={"up": upstream_service(
+            keep_warm=True, startup={"delay": "100ms"})})
         supervisor = gateway.supervisors["up"]
         await wait_for_state(gateway, "up", "READY")  # started at boot, no request
         first = supervisor.pid

@@ -236,9 +236,14 @@ async def test_queue_overflow_and_queue_deadline_are_503_with_retry_after(start_
             assert "retry-after" in responses["first"].headers
 
 
+# A start after a crash waits startup.delay (the backoff: tests/unit/test_crash_backoff.py),
+# 100ms in the two tests below.
+CRASH_BACKOFF = {"delay": "100ms"}
+
+
 async def test_a_crash_while_ready_is_seen_and_the_next_request_restarts(start_gateway):
     with trio.fail_after(30):
-        gateway = await start_gateway(services={"up": upstream_service()})
+        gateway = await start_gateway(services={"up": upstream_service(startup=CRASH_BACKOFF)})
         async with client(gateway) as http:
             first = (await http.get("/services/up/echo")).json()["pid"]
             assert (await http.get("/services/up/die-later?ms=50")).text == "bye"
@@ -253,7 +258,7 @@ async def test_a_crash_while_ready_is_seen_and_the_next_request_restarts(start_g
 
 async def test_an_upstream_dying_mid_body_truncates_the_response(start_gateway):
     with trio.fail_after(30):
-        gateway = await start_gateway(services={"up": upstream_service()})
+        gateway = await start_gateway(services={"up": upstream_service(startup=CRASH_BACKOFF)})
         async with client(gateway) as http:
             with pytest.raises(httpx.RemoteProtocolError):
                 await http.get("/services/up/crash-mid-body")
