@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from hestia.errors import StartFailed
+from hestia.launchers import ports
 from hestia.launchers.ports import SETTLE_S, check_port, port_holder
 
 from .conftest import assert_error_body, client
@@ -41,7 +42,10 @@ async def _impostor(stream: trio.SocketStream) -> None:
 
 
 async def test_a_process_is_not_started_where_another_program_already_listens(
-        start_gateway, nursery, tmp_path):
+        start_gateway, nursery, tmp_path, monkeypatch):
+    # A taken port is watched for SETTLE_S before the start fails (how it settles, in virtual
+    # time: below); 100ms here, for each of the two attempts.
+    monkeypatch.setattr(ports, "SETTLE_S", 0.1)
     with trio.fail_after(30):
         listeners = await nursery.start(partial(trio.serve_tcp, _impostor, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
@@ -75,7 +79,8 @@ async def test_a_process_is_not_started_where_another_program_already_listens(
     ("127.0.0.1", "localhost"),  # a name is resolved to this machine's addresses
     ("::1", "::1"),
 ])
-async def test_a_taken_port_is_found_by_address_or_name(listen_on, upstream_host):
+async def test_a_taken_port_is_found_by_address_or_name(listen_on, upstream_host, monkeypatch):
+    monkeypatch.setattr(ports, "SETTLE_S", 0.1)  # the port is watched this long, then refused
     family = socket.AF_INET6 if ":" in listen_on else socket.AF_INET
     with socket.socket(family) as holder, trio.fail_after(10):
         holder.bind((listen_on, 0))
