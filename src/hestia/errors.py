@@ -18,7 +18,8 @@ HestiaError
     │   │                       status and code it chooses (a plugin raises its own)
     │   ├── UnknownModel        404  `by_model`: a model it does not serve (`models` lists them)
     │   └── NoBackendLeft       503  + Retry-After: every backend that could serve it was tried
-    ├── RequestRejected         4xx  the request breaks a limit (`limits`)
+    ├── RequestRejected         4xx  a bad request, or one that breaks a limit (`limits`)
+    │   ├── NotAutomated        400  a Semaphore start or stop of a service with no Semaphore
     │   ├── BadFraming          400  a body whose length is ambiguous (connection closed)
     │   ├── BodyTooLarge        413  body over `limits.max_body_size`
     │   └── HeadersTooLarge     431  headers over `limits.max_header_size`
@@ -70,6 +71,7 @@ __all__ = [
     "HestiaError",
     "NoBackendLeft",
     "NoRoute",
+    "NotAutomated",
     "NotFound",
     "QueueFull",
     "QueueTimeout",
@@ -214,6 +216,10 @@ class NoBackendLeft(NoRoute):
 class RequestRejected(GatewayError):
     status = 400
     code = "bad_request"
+
+
+class NotAutomated(RequestRejected):
+    code = "not_automated"
 
 
 class BadFraming(RequestRejected):

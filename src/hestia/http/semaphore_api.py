@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
+from ..errors import Conflict, NotAutomated, RequestRejected
 from ..lifecycle.supervisor import State, Supervisor
 from .body import json_body
 from .status import automation_status
@@ -37,23 +38,19 @@ def semaphore_blueprint(supervisor_for: Callable[[str], Supervisor],
 
     @api.post("/start")
     async def start() -> tuple[Response, int]:
-        supervisor, machine, problem = await _target(supervisor_for)
-        if problem is not None:
-            return problem
+        supervisor, machine = await _target(supervisor_for)
         if not supervisor.request_start(machine):
-            return _error(409, "conflict", f"{supervisor.name!r} is already "
-                          f"{supervisor.state.name}", supervisor)
+            raise Conflict(f"{supervisor.name!r} is already {supervisor.state.name}",
+                           service=supervisor.name, state=supervisor.state.name)
         return jsonify({**_view(supervisor), "state": State.STARTING.name, "accepted": True,
                         "machineId": machine}), 202
 
     @api.post("/stop")
     async def stop() -> tuple[Response, int]:
-        supervisor, _, problem = await _target(supervisor_for, machine_allowed=False)
-        if problem is not None:
-            return problem
+        supervisor, _ = await _target(supervisor_for, machine_allowed=False)
         if not supervisor.request_stop("api"):
-            return _error(409, "conflict", f"{supervisor.name!r} is {supervisor.state.name}: "
-                          "nothing to stop", supervisor)
+            raise Conflict(f"{supervisor.name!r} is {supervisor.state.name}: nothing to stop",
+                           service=supervisor.name, state=supervisor.state.name)
         return jsonify({**_view(supervisor), "state": State.STOPPING.name,
                         "accepted": True}), 202
 
@@ -61,36 +58,26 @@ def semaphore_blueprint(supervisor_for: Callable[[str], Supervisor],
 
 
 async def _target(supervisor_for: Callable[[str], Supervisor], machine_allowed: bool = True,
-                  ) -> tuple[Any, str | None, tuple[Response, int] | None]:
-    """The supervisor and machine a start/stop body names, or the 400 answer to give."""
+                  ) -> tuple[Supervisor, str | None]:
+    """The supervisor and machine a start/stop body names. Raises `RequestRejected` (400),
+    `NotAutomated` (400) or `UnknownService` (404)."""
     body = await json_body()
     if not isinstance(body, dict) or not isinstance(body.get("serviceId"), str):
-        return None, None, _error(400, "bad_request",
-                                  'the body must be JSON: {"serviceId": "…", "machineId": "…"}')
+        raise RequestRejected('the body must be JSON: {"serviceId": "…", "machineId": "…"}')
     supervisor = supervisor_for(body["serviceId"])  # 404 for an unknown service
     automated = [p.machine for p in supervisor.placements
                  if getattr(p.launcher, "automation", None) is not None]
     if not automated:
-        return None, None, _error(400, "not_automated", f"{supervisor.name!r} has no "
-                                  "semaphore placement", supervisor)
+        raise NotAutomated(f"{supervisor.name!r} has no semaphore placement",
+                           service=supervisor.name, state=supervisor.state.name)
     machine = body.get("machineId") if machine_allowed else None
     if machine is not None and machine not in automated:
-        return None, None, _error(400, "bad_request", f"{supervisor.name!r} has no semaphore "
-                                  f"placement on machine {machine!r} (it has: "
-                                  f"{', '.join(automated)})", supervisor)
-    return supervisor, machine, None
+        raise RequestRejected(f"{supervisor.name!r} has no semaphore placement on machine "
+                              f"{machine!r} (it has: {', '.join(automated)})",
+                              service=supervisor.name, state=supervisor.state.name)
+    return supervisor, machine
 
 
 def _view(supervisor: Supervisor) -> dict[str, Any]:
     return {"serviceId": supervisor.name, "state": supervisor.state.name,
             "automation": automation_status(supervisor)}
-
-
-def _error(status: int, error: str, detail: str,
-           supervisor: Supervisor | None = None) -> tuple[Response, int]:
-    body: dict[str, Any] = {"error": error, "detail": detail,
-                            "service": supervisor.name if supervisor is not None else None,
-                            "request_id": g.get("request_id", "")}
-    if supervisor is not None:
-        body["state"] = supervisor.state.name
-    return jsonify(body), status
