@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["PREFIX", "Address", "Addressing"]
 
 PREFIX = b"/services/"
+_OWN = object()  # a `Host` that names the gateway itself
 
 
 class Addressing:
@@ -51,6 +52,7 @@ class Addressing:
         if service_domain:
             self._allowed_names.add(service_domain)
         self._checked: dict[str, bool] = {}
+        self._verdicts: dict[bytes, tuple[str, str] | object] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> Addressing:
@@ -71,23 +73,43 @@ class Addressing:
 
     def resolve(self, scope: dict[str, Any]) -> Address:
         known = facts(scope)
-        if known.address is not None:
-            return known.address
+        address = known.address
+        if address is not None:
+            return address
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        host = _host_name(scope["headers"])
-        address = None
-        if host is not None:
-            service = self._hosts.get(host)
-            if service is not None:
-                address = Address(service, raw_path, by_host=True)
-            elif self._suffix is not None and host.endswith(self._suffix):
-                address = Address(None, raw_path, unknown_host=host)
-            elif not self.allowed(host):
-                address = Address(None, raw_path, foreign_host=host)
+        for name, value in scope["headers"]:
+            if name == b"host":
+                # One lookup per request: what a `Host` header means is kept by its bytes.
+                verdict = self._verdicts.get(value)
+                if verdict is None:
+                    verdict = self._verdict(value)
+                if verdict is not _OWN:
+                    kind, host = verdict
+                    address = (Address(host, raw_path, by_host=True) if kind == "service" else
+                               Address(None, raw_path, unknown_host=host) if kind == "unknown"
+                               else Address(None, raw_path, foreign_host=host))
+                break
         if address is None:
             address = self._by_path(raw_path)
         known.address = address
         return address
+
+    def _verdict(self, value: bytes) -> tuple[str, str] | object:
+        """What a `Host` header names: a service (`("service", id)`), an unknown name under
+        `service_domain` (`("unknown", name)`), a name that is not the gateway's
+        (`("foreign", name)`), or the gateway itself (`_OWN`)."""
+        host = _host_name(value)
+        verdict: tuple[str, str] | object = _OWN
+        service = self._hosts.get(host)
+        if service is not None:
+            verdict = ("service", service)
+        elif self._suffix is not None and host.endswith(self._suffix):
+            verdict = ("unknown", host)
+        elif host and not self.allowed(host):
+            verdict = ("foreign", host)
+        if len(self._verdicts) < 1024:  # bounded: names from clients cannot grow it
+            self._verdicts[value] = verdict
+        return verdict
 
     def allowed(self, host: str) -> bool:
         """Whether the gateway answers to this host name (lowercased, without its port): an
@@ -115,15 +137,12 @@ class Addressing:
         return Address(name, b"/" + rest, prefix=PREFIX + service_id)
 
 
-def _host_name(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The request's `Host`, lowercased, without its port or a trailing dot; None without one."""
-    for name, value in headers:
-        if name == b"host":
-            host = value.decode("latin-1").strip().lower()
-            if host.startswith("["):  # an IPv6 literal, with or without a port
-                return host.partition("]")[0] + "]"
-            return host.partition(":")[0].rstrip(".") or None
-    return None
+def _host_name(value: bytes) -> str:
+    """A `Host` header's name, lowercased, without its port or a trailing dot."""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):  # an IPv6 literal, with or without a port
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0].rstrip(".")
 
 
 def _is_address(host: str) -> bool:

@@ -180,16 +180,17 @@ def response_headers(headers: Headers, request_id: str, rewrite: Rewrite | None 
     # The client sees the request id Hestia logged, whatever the upstream says.
     dropped = connection_dropped(headers) | {b"x-request-id"}
     event_stream = accel = rewritten = False
+    rewritten_names = rewrite.names if rewrite is not None else frozenset()
     for name, value in headers:
         if name == b"content-type":
             event_stream = value[:17].lower() == b"text/event-stream"
         elif name == b"x-accel-buffering":
             accel = True
-        elif rewrite is not None and rewrite.wanted(name):
+        elif name in rewritten_names:
             rewritten = True
     if rewritten:
         assert rewrite is not None
-        out = [(name, rewrite.header(name, value) if rewrite.wanted(name) else value)
+        out = [(name, rewrite.header(name, value) if name in rewritten_names else value)
                for name, value in headers if name not in dropped]
     else:
         out = [(name, value) for name, value in headers if name not in dropped]

@@ -25,6 +25,8 @@ from typing import NamedTuple
 __all__ = ["Rewrite"]
 
 Headers = list[tuple[bytes, bytes]]
+_LOCATIONS = frozenset({b"location", b"content-location"})
+_WITH_COOKIES = _LOCATIONS | {b"set-cookie"}
 
 
 class Rewrite(NamedTuple):
@@ -37,9 +39,13 @@ class Rewrite(NamedTuple):
     prefix: bytes
     cookies: bool = False
 
+    @property
+    def names(self) -> frozenset[bytes]:
+        """The response headers this rewrite changes."""
+        return _WITH_COOKIES if self.cookies else _LOCATIONS
+
     def wanted(self, name: bytes) -> bool:
-        return name in (b"location", b"content-location") or (
-            self.cookies and name == b"set-cookie")
+        return name in self.names
 
     def header(self, name: bytes, value: bytes) -> bytes:
         if name == b"set-cookie":
