@@ -80,9 +80,21 @@ def test_shipped_notebook_runs_code_in_a_kernel(notebook: ThreadGateway, page: P
     expect(cell.locator(".cm-content")).to_have_text("print(6 * 7)", timeout=START)
     expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_attached(
         timeout=START)
-    cell.locator(".jp-InputPrompt").click()
-    page.keyboard.press("Shift+Enter")
-    expect(cell.locator(".jp-OutputArea-output")).to_have_text("42", timeout=30_000)
+    output = cell.locator(".jp-OutputArea-output")
+    # Run from the Run menu, not with a keystroke that can land while JupyterLab moves the
+    # focus. JupyterLab can also drop a run asked for while it is still settling the document
+    # it just opened (the cell stays "[ ]", the kernel idle): then it is asked again, at most
+    # three times. What is asserted stays the same: the cell runs in a kernel that is reached
+    # through the gateway, over the kernel's WebSocket.
+    for attempt in range(3):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        try:
+            expect(output).to_have_text("42", timeout=10_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     channels = [ws.url for ws in sockets if "/api/kernels/" in ws.url]
     assert channels and all(u.startswith(f"ws://notebook.localhost:{notebook.port}/")
                             for u in channels)
