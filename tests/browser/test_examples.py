@@ -23,8 +23,6 @@ from hestia.config import load_config
 from tests.browser.conftest import ThreadGateway, screenshot
 from tests.integration.conftest import free_port
 
-pytest.importorskip("jupyterlab", reason="JupyterLab comes with the test extras")
-
 SHIPPED = Path(__file__).parents[2] / "hestia.yml"
 START = 90_000  # ms: a cold JupyterLab starts in about 2 s here; the kernel in about 1 s more
 
@@ -55,9 +53,14 @@ def notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Thread
             print(log.read_text(errors="replace")[-4000:])
 
 
-def test_shipped_notebook_opens_jupyterlab_at_its_host_name(notebook: ThreadGateway,
-                                                            page: Page) -> None:
+def test_shipped_notebook_opens_jupyterlab_and_runs_code_in_a_kernel(
+        notebook: ThreadGateway, page: Page, tmp_path: Path) -> None:
+    """JupyterLab opens at the notebook's host name, cold; then opening a notebook (a session
+    POSTed with Origin and the XSRF cookie) and running its cell (the kernel's WebSocket, with
+    its subprotocol) both pass Jupyter's Host and Origin checks. One test, one JupyterLab."""
     url = f"http://notebook.localhost:{notebook.port}/"
+    sockets: list[WebSocket] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
     page.goto(url)
     # Cold: the waiting page (or a held navigation) first, then JupyterLab by itself.
     expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=START)
@@ -65,16 +68,9 @@ def test_shipped_notebook_opens_jupyterlab_at_its_host_name(notebook: ThreadGate
     expect(page.locator(".jp-FileBrowser")).to_be_visible()
     screenshot(page, "jupyterlab", docs=True)
 
-
-def test_shipped_notebook_runs_code_in_a_kernel(notebook: ThreadGateway, page: Page,
-                                                tmp_path: Path) -> None:
-    """Opening a notebook (a session POSTed with Origin and the XSRF cookie) and running its cell
-    (the kernel's WebSocket, with its subprotocol) both pass Jupyter's Host and Origin checks."""
     # A file on disk rather than typing into a new notebook: JupyterLab may replace a new
     # notebook's cells once the document has loaded, losing what was typed before.
     (tmp_path / "notebooks" / "answer.ipynb").write_text(json.dumps(ANSWER))
-    sockets: list[WebSocket] = []
-    page.on("websocket", lambda ws: sockets.append(ws))
     page.goto(f"http://notebook.localhost:{notebook.port}/lab/tree/answer.ipynb")
     cell = page.locator(".jp-Notebook .jp-CodeCell").first
     expect(cell.locator(".cm-content")).to_have_text("print(6 * 7)", timeout=START)

@@ -18,6 +18,8 @@ import trio
 from structlog.testing import capture_logs
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+import hestia.http.auth
+import hestia.sessions
 from hestia.http.auth import hash_key, new_key
 from hestia.store import Store
 from tests.integration.conftest import client, upstream_service
@@ -253,7 +255,11 @@ async def test_a_session_expires(gated):
             assert page.status_code == 401 and "Your session has ended" in page.text
 
 
-async def test_revoking_the_key_ends_its_sessions(gated, tmp_path):
+async def test_revoking_the_key_ends_its_sessions(gated, tmp_path, monkeypatch):
+    # The cache's lifetime itself is tested in virtual time (tests/unit/test_sessions.py);
+    # here it is short, so that the revocation is seen soon through the real gateway.
+    monkeypatch.setattr(hestia.sessions, "CACHE_S", 0.2)
+    monkeypatch.setattr(hestia.http.auth, "CACHE_S", 0.2)
     with trio.fail_after(30):
         gateway, _ = await gated()
         key = make_key(tmp_path, "phone", "admin")
@@ -262,7 +268,7 @@ async def test_revoking_the_key_ends_its_sessions(gated, tmp_path):
             assert (await http.get("/v1/services", headers=with_cookie(token))).status_code \
                 == 200
             revoke(tmp_path, "phone")
-            with trio.fail_after(10):  # the gateway caches a lookup for 5 s
+            with trio.fail_after(10):  # the gateway caches a lookup for CACHE_S
                 while (await http.get("/v1/services",
                                       headers=with_cookie(token))).status_code == 200:
                     await trio.sleep(0.2)
