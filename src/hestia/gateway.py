@@ -2,7 +2,7 @@
 
 ```
 run(config)                         root nursery
- ├─ store writer                    the one SQLite writer (store.py), fed by the event bus
+ ├─ store writer                    the one SQLite writer (hestia.store), fed by the event bus
  ├─ periodic save                   each service's last use, every 30 s and at the end
  ├─ webhooks                        one task per `notify` entry (notify.py)
  ├─ signal watcher                  SIGINT/SIGTERM/SIGHUP → graceful shutdown; a second → at once
