@@ -9,6 +9,7 @@ __all__ = ["DEMO_CONFIG"]
 
 DEMO_CONFIG: dict[str, Any] = {
     "listen": "127.0.0.1:8080",
+    "service_domain": "localhost",  # the demo is also http://demo.localhost:8080/
     "services": {
         "demo": {
             "upstream": "http://127.0.0.1:8081",
