@@ -76,8 +76,6 @@ QUICK = 0.05
 # they are only busy, or draining before a stop).
 _WAITING = frozenset({State.COLD, State.STARTING, State.STOPPING, State.FAILED})
 
-_drain = drain  # for http/auth.py
-
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
