@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
 from sqlite_utils import Database
 
+from .caching import cached
 from .store import Store
 
 __all__ = ["CACHE_S", "COOKIE", "Session", "Sessions", "session_token"]
@@ -36,7 +36,6 @@ __all__ = ["CACHE_S", "COOKIE", "Session", "Sessions", "session_token"]
 COOKIE = "hestia_session"
 _COOKIE = COOKIE.encode()
 CACHE_S = 5.0
-CACHE_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +111,7 @@ class Sessions:
         """The live session with this token: None when there is none, it expired, or its key
         was revoked (seen within `CACHE_S`)."""
         digest = hash_token(token)
-        now = trio.current_time()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            session = cached[1]
-        else:
-            session = self._read(digest)
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()  # bounded: made-up tokens cannot grow it without limit
-            self._cache[digest] = (now + CACHE_S, session)
+        session = cached(self._cache, digest, CACHE_S, self._read)
         if session is None or not hmac.compare_digest(session.token_hash, digest):
             return None
         if session.expires_at <= self._wall():

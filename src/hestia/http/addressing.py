@@ -51,7 +51,6 @@ class Addressing:
         self._allowed_suffixes = tuple(name[1:] for name in allowed if name.startswith("*."))
         if service_domain:
             self._allowed_names.add(service_domain)
-        self._checked: dict[str, bool] = {}
         self._verdicts: dict[bytes, tuple[str, str] | object] = {}
 
     @classmethod
@@ -116,15 +115,10 @@ class Addressing:
         address, `localhost` and its names, `service_domain` and its names, a service's
         `hosts`, or one of `allowed_hosts`. Any other name is what a page on another site
         would send after pointing its own name at this machine (DNS rebinding)."""
-        ok = self._checked.get(host)
-        if ok is None:
-            ok = (host == "localhost" or host.endswith(".localhost") or _is_address(host)
-                  or host in self._hosts or host in self._allowed_names
-                  or (self._suffix is not None and host.endswith(self._suffix))
-                  or (bool(self._allowed_suffixes) and host.endswith(self._allowed_suffixes)))
-            if len(self._checked) < 1024:  # bounded: names from clients cannot grow it
-                self._checked[host] = ok
-        return ok
+        return (host == "localhost" or host.endswith(".localhost") or _is_address(host)
+                or host in self._hosts or host in self._allowed_names
+                or (self._suffix is not None and host.endswith(self._suffix))
+                or (bool(self._allowed_suffixes) and host.endswith(self._allowed_suffixes)))
 
     @staticmethod
     def _by_path(raw_path: bytes) -> Address:

@@ -53,6 +53,7 @@ from urllib.parse import unquote
 import structlog
 import trio
 
+from ..caching import cached
 from ..config import Config
 from ..errors import CrossOrigin, Forbidden, GatewayError, Unauthorized, error_response
 from ..observability import request_id_from
@@ -192,15 +193,7 @@ class AuthGate:
 
     def _lookup(self, key: str) -> dict[str, Any] | None:
         digest = hash_key(key)
-        now = trio.current_time()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            row = cached[1]
-        else:
-            row = self.store.find_key(digest)  # one indexed read of a small table
-            if len(self._cache) > 1024:
-                self._cache.clear()  # bounded: unknown keys cannot grow it without limit
-            self._cache[digest] = (now + CACHE_S, row)
+        row = cached(self._cache, digest, CACHE_S, self.store.find_key)  # one indexed read
         if row is None or not hmac.compare_digest(row["key_hash"], digest):
             return None
         return row
