@@ -189,7 +189,7 @@ async def test_a_retry_from_the_form_goes_back_to_the_page_and_only_to_this_orig
     assert response.headers["Location"] == "/services/echo/lab?x=1"
     for elsewhere in ("//evil.example/", "/\\evil.example", "https://evil.example/"):
         response = await http.post("/__hestia/retry/echo", form={"next": elsewhere})
-        assert response.status_code in (202, 409)
+        assert response.status_code == 409  # the first post started it already
         assert "Location" not in response.headers
 
 
