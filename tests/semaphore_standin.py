@@ -10,6 +10,25 @@ instead, in two ways:
 * a real server: `url = await nursery.start(standin.serve)` → `"http://127.0.0.1:PORT"` (no `/api`),
   hypercorn's trio worker plus the pool.
 
+`release` picks which Semaphore it behaves as, for the differences of CONTRACT §8 (everything
+else is the same in all of them):
+
+* `"2.10"` (the default, the snapshot): the template's environment keys beat the task's, and an
+  environment-less template fails a task that has variables (500); an unknown template is an
+  empty 500; a task's `limit` is always applied; no `rejected`, no `/reject`, no TOTP; a
+  non-forced stop of a task waiting for confirmation leaves it `stopping` for ever.
+* `"2.13"` (2.13 to 2.15): the template JSON has `task_params`, and a task's `limit` is applied
+  only with `task_params.allow_override_limit`; an unknown template is a 404; `POST
+  .../reject` and the status `rejected` exist; users may have TOTP (their password login gives a
+  session that every call refuses with 401 `TOTP_REQUIRED`).
+* `"2.16"` (2.16 and later): as 2.13, but the task's environment beats the template's (#3108).
+* `"pr4108"`: 2.16 plus the open upstream change PR #4108: the template JSON has
+  `allow_any_vars_in_task`, and unless it is set a task variable that is not a survey variable
+  is refused (400 `{"error": "variable X is not declared"}`).
+
+Terraform/OpenTofu templates (`app="terraform"` or `"tofu"`) get each variable as `-var`; the
+job fails unless the module declares it (`module_vars`), in every release.
+
 A "playbook" is an async Python callable standing for the job: it gets a `TaskRun`, may `log()`
 lines and `wait_confirmation()`, and returns the exit code.
 
@@ -22,7 +41,8 @@ the web UI, which a real server serves on every non-`/api` path.
 
 Simplified: task output holds only what playbooks log (plus the error lines below), not the
 pool's own lines such as "Task 3 added to queue"; `starting` → `running` takes no time (no git
-clone); a stop during `waiting_confirmation` ends the job like a kill.
+clone); a forced stop or a reject during `waiting_confirmation` ends the job like a kill;
+`task_params` holds only the Ansible app's four override flags, for every app.
 """
 
 from __future__ import annotations
@@ -42,8 +62,13 @@ import trio
 
 __all__ = ["Playbook", "Request", "SemaphoreStandin", "TaskRun"]
 
-VERSION = "v2.10.32-31-gd4a27137"
-FINISHED = frozenset({"success", "error", "stopped"})  # task_logger IsFinished (§7)
+RELEASES = ("2.10", "2.13", "2.16", "pr4108")
+# What /api/info says; the patch levels past 2.10 are made up (only the minor one matters here).
+VERSIONS = {"2.10": "v2.10.32-31-gd4a27137", "2.13": "v2.13.0", "2.16": "v2.16.0",
+            "pr4108": "v2.16.0-pr4108"}
+# task_logger IsFinished (§7); `rejected` exists from 2.13 only (§8).
+FINISHED = frozenset({"success", "error", "stopped", "rejected"})
+TERRAFORM_APPS = frozenset({"terraform", "tofu"})
 ROLES = ("owner", "manager", "task_runner", "guest")
 CAN_RUN = frozenset({"owner", "manager", "task_runner"})  # §3
 SESSION_IDLE_LIMIT = 7 * 24 * 3600.0  # §2.1, measured on trio's clock so tests can jump it
@@ -137,10 +162,11 @@ class TaskRun:
     """What a playbook sees of its task. `task` is the live row that GET returns."""
 
     def __init__(self, standin: SemaphoreStandin, task: dict[str, Any], template: _Template,
-                 environment: dict[str, Any], secret: dict[str, Any]) -> None:
+                 environment: dict[str, Any], secret: dict[str, Any], limit: str) -> None:
         self.task = task
         self.environment = environment
         self.secret = secret  # §5: merged into extra vars, never stored
+        self.limit = limit  # the `--limit` the job really gets ("" for none; §8)
         self._standin = standin
         self._template = template
         self._scope = trio.CancelScope()
@@ -157,12 +183,15 @@ class TaskRun:
     async def wait_confirmation(self) -> None:
         """Terraform's plan gate (§7): wait until POST .../confirm, then run on.
 
-        A stop while waiting ends the job like a kill, since nothing else would ever wake it.
+        A forced stop (or a reject) while waiting ends the job like a kill. A non-forced stop
+        does too from 2.13; in 2.10 it leaves the task `stopping` for ever, holding its
+        template (§8): nothing ever moves a task on from there.
         """
         standin = self._standin
         standin._set_status(self.task, "waiting_confirmation")
         while self.task["status"] != "confirmed":
-            if self.task["status"] in ("stopping", "stopped"):
+            status = self.task["status"]
+            if status in ("stopped", "rejected") or (status == "stopping" and standin.newer):
                 self._kill()
                 await trio.lowlevel.checkpoint()  # delivers the cancellation
             await standin._status_changed.wait()
@@ -180,6 +209,7 @@ class _User:
     password: str
     admin: bool
     created: str
+    totp: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created, "username": self.username,
@@ -214,12 +244,20 @@ class _Template:
     survey_vars: list[dict[str, Any]]
     autorun: bool
     suppress_success_alerts: bool
+    allow_override_limit: bool = False
+    allow_any_vars_in_task: bool = False
+    module_vars: frozenset[str] = frozenset()
 
 
 class SemaphoreStandin:
     """The Semaphore API of §0–§7 over in-memory state; see the module docstring."""
 
-    def __init__(self, *, tick: float = 5.0, users: dict[str, str] | None = None) -> None:
+    def __init__(self, *, tick: float = 5.0, users: dict[str, str] | None = None,
+                 release: str = "2.10") -> None:
+        if release not in RELEASES:
+            raise ValueError(f"unknown release {release!r}; one of {RELEASES}")
+        self.release = release
+        self.newer = release != "2.10"  # 2.13 and later
         self.tick = tick
         self.tasks: dict[int, dict[str, Any]] = {}
         self.outputs: dict[int, list[dict[str, Any]]] = {}
@@ -229,6 +267,7 @@ class SemaphoreStandin:
         self._templates: dict[int, _Template] = {}
         self._tokens: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, tuple[int, float]] = {}  # cookie -> (user id, last used)
+        self._unverified: set[str] = set()  # sessions of TOTP users, waiting for a code
         self._history: dict[int, list[str]] = {}
         self._ids: dict[str, int] = {}
         self._queue: list[TaskRun] = []  # TaskPool.Queue: waiting, in order
@@ -238,8 +277,8 @@ class SemaphoreStandin:
             self.add_user(username, password)
 
     def __repr__(self) -> str:
-        return (f"<SemaphoreStandin tasks={len(self.tasks)} queued={len(self._queue)} "
-                f"active={len(self._active)}>")
+        return (f"<SemaphoreStandin {self.release} tasks={len(self.tasks)} "
+                f"queued={len(self._queue)} active={len(self._active)}>")
 
     def _next_id(self, kind: str) -> int:
         self._ids[kind] = self._ids.get(kind, 0) + 1
@@ -247,8 +286,12 @@ class SemaphoreStandin:
 
     # -- setting the scene ------------------------------------------------------------------
 
-    def add_user(self, username: str, password: str, *, admin: bool = True) -> int:
-        user = _User(self._next_id("user"), username, password, admin, _now())
+    def add_user(self, username: str, password: str, *, admin: bool = True,
+                 totp: bool = False) -> int:
+        """`totp`: the user has two-factor authentication on (2.13 and later)."""
+        if totp and not self.newer:
+            raise ValueError("Semaphore 2.10 has no TOTP")
+        user = _User(self._next_id("user"), username, password, admin, _now(), totp)
         self._users[user.id] = user
         return user.id
 
@@ -268,14 +311,20 @@ class SemaphoreStandin:
                      environment: dict[str, Any] | None = None, app: str = "ansible",
                      allow_override_args_in_task: bool = False,
                      survey_vars: list[dict[str, Any]] | None = None, autorun: bool = False,
-                     suppress_success_alerts: bool = False) -> int:
-        """`environment` None: the template has no environment (see §8 for what that breaks)."""
+                     suppress_success_alerts: bool = False, allow_override_limit: bool = False,
+                     allow_any_vars_in_task: bool = False,
+                     module_vars: tuple[str, ...] = ()) -> int:
+        """`environment` None: the template has no environment (see §8 for what that breaks).
+        `allow_override_limit` is `task_params.allow_override_limit` (2.13 and later),
+        `allow_any_vars_in_task` the flag of PR #4108, `module_vars` the variables a Terraform
+        module declares."""
         if project_id not in self._projects:
             raise KeyError(project_id)
         env_id = None if environment is None else self._next_id("environment")
         template = _Template(self._next_id("template"), project_id, name, playbook, environment,
                              env_id, app, allow_override_args_in_task, survey_vars or [],
-                             autorun, suppress_success_alerts)
+                             autorun, suppress_success_alerts, allow_override_limit,
+                             allow_any_vars_in_task, frozenset(module_vars))
         self._templates[template.id] = template
         return template.id
 
@@ -399,7 +448,17 @@ class SemaphoreStandin:
 
     @staticmethod
     async def _play(run: TaskRun) -> int:
-        playbook = run._template.playbook
+        template = run._template
+        if template.app in TERRAFORM_APPS:
+            # Each variable is passed as `-var K=V` (§8), and Terraform stops at one its root
+            # module does not declare.
+            undeclared = [k for k in run.environment if k not in template.module_vars]
+            if undeclared:
+                run.log("Error: Value for undeclared variable")
+                run.log(f'A variable named "{undeclared[0]}" was assigned on the command line, '
+                        "but the root module does not declare a variable of that name.")
+                return 1
+        playbook = template.playbook
         if playbook is None:
             return 0
         try:
@@ -412,7 +471,7 @@ class SemaphoreStandin:
         """TaskRunner.SetStatus (§7): only `stopped` is final; `stopping` refuses waiting and
         running; `running` refuses waiting. Finished statuses can still be overwritten."""
         old = task["status"]
-        if (status == old or old == "stopped"
+        if (status == old or old in ("stopped", "rejected")
                 or (old == "stopping" and status in ("waiting", "running"))
                 or (old == "running" and status == "waiting")):
             return False
@@ -433,10 +492,15 @@ class SemaphoreStandin:
             (run for run in self._queue if run.task["id"] == task_id), None)
 
     def _details(self, task: dict[str, Any], template: _Template) -> tuple[dict, str | None]:
-        """populateDetails' environment step in v2.10 (§8): (merged environment, error)."""
+        """The environment step of preparing a task (§8): (merged environment, error).
+
+        2.10 is `populateDetails` (services/tasks/TaskRunner.go:295-321): the task's variables
+        need a template environment, and the template's keys win. Later releases
+        (`populateTaskEnvironment`) take the task's variables without one; the template's keys
+        win up to 2.15 and the task's from 2.16 (#3108)."""
         if task["environment"] == "":
             return dict(template.environment or {}), None
-        if template.environment is None:
+        if template.environment is None and not self.newer:
             return {}, "unexpected end of JSON input"  # it parses the template's "" JSON
         try:
             extra = json.loads(task["environment"])
@@ -444,7 +508,9 @@ class SemaphoreStandin:
             return {}, "invalid character in task environment"
         if not isinstance(extra, dict | None):
             return {}, "json: cannot unmarshal into Go value of type map[string]interface {}"
-        return {**(extra or {}), **template.environment}, None  # template keys win
+        if self.release in ("2.16", "pr4108"):
+            return {**(template.environment or {}), **(extra or {})}, None  # task keys win
+        return {**(extra or {}), **(template.environment or {})}, None  # template keys win
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -509,6 +575,10 @@ class SemaphoreStandin:
             return handler(request)
         user = self._authenticate(request.headers)
         if user is None:
+            if _cookie(request.headers) in self._unverified:
+                # Modelled, not read from the source: the body's exact shape is an assumption
+                # (`{"error": ...}` as helpers.WriteErrorStatus writes it).
+                return _json(401, {"error": "TOTP_REQUIRED"})
             return _Reply(401)
         if "pid" not in params:
             return handler(request, user)
@@ -546,7 +616,7 @@ class SemaphoreStandin:
                 return None
             return self._users.get(token["user_id"])
         session_id = _cookie(headers)
-        if session_id not in self._sessions:
+        if session_id not in self._sessions or session_id in self._unverified:
             return None
         user_id, last_used = self._sessions[session_id]
         if trio.current_time() - last_used > SESSION_IDLE_LIMIT:
@@ -574,6 +644,8 @@ class SemaphoreStandin:
             return _Reply(401)
         session_id = secrets.token_urlsafe(48)
         self._sessions[session_id] = (user.id, trio.current_time())
+        if user.totp:  # a session that needs a TOTP code first (§8, since about 2.12)
+            self._unverified.add(session_id)
         return _Reply(204, headers=[("set-cookie", f"semaphore={session_id}; Path=/")])
 
     def _h_logout(self, request: Request) -> _Reply:
@@ -584,7 +656,7 @@ class SemaphoreStandin:
     # -- handlers: user ---------------------------------------------------------------------
 
     def _h_info(self, request: Request, user: _User) -> _Reply:
-        return _json(200, {"version": VERSION, "ansible": "ansible [core 2.16.6]",
+        return _json(200, {"version": VERSIONS[self.release], "ansible": "ansible [core 2.16.6]",
                            "web_host": "", "use_remote_runner": False})
 
     def _h_user(self, request: Request, user: _User) -> _Reply:
@@ -614,7 +686,15 @@ class SemaphoreStandin:
 
     def _template_json(self, template: _Template, *, listed: bool) -> dict[str, Any]:
         tasks = self._task_list(lambda t: t["template_id"] == template.id, None)[:1]
-        return {
+        extra: dict[str, Any] = {}
+        if self.newer:  # the app's parameters (db/Template.go TaskParams, 2.13 and later)
+            extra["task_params"] = {"allow_override_limit": template.allow_override_limit,
+                                    "allow_override_inventory": False,
+                                    "allow_override_tags": False,
+                                    "allow_override_skip_tags": False}
+        if self.release == "pr4108":
+            extra["allow_any_vars_in_task"] = template.allow_any_vars_in_task
+        return {**extra,
             "id": template.id, "project_id": template.project_id, "inventory_id": None,
             "repository_id": template.project_id, "environment_id": template.environment_id,
             "name": template.name, "playbook": f"{template.name}.yml", "arguments": None,
@@ -675,7 +755,13 @@ class SemaphoreStandin:
             return _Reply(400)
         template = self._templates.get(fields.get("template_id", 0))
         if template is None or template.project_id != project.id:
-            return _Reply(500)  # GetTemplate's ErrNotFound is not mapped (§5)
+            # 2.10: GetTemplate's ErrNotFound is not mapped (§5); later releases look the
+            # template up first and answer 404 (§8).
+            return _Reply(404 if self.newer else 500)
+        if self.release == "pr4108" and not template.allow_any_vars_in_task:
+            undeclared = self._undeclared(fields.get("environment", ""), template)
+            if undeclared is not None:
+                return _json(400, {"error": f"variable {undeclared} is not declared"})
         task_id = self._next_id("task")
         task = {
             "id": task_id, "template_id": template.id, "project_id": project.id,
@@ -701,9 +787,26 @@ class SemaphoreStandin:
             secret = json.loads(fields.get("secret") or "{}")
         except ValueError:
             secret = {}
-        run = TaskRun(self, task, template, environment, secret if isinstance(secret, dict) else {})
+        # From 2.13 a task's limit is a parameter the template must allow (issues #3029,
+        # #2820); without `allow_override_limit` it is dropped without a word (§8).
+        limit = fields.get("limit", "")
+        if self.newer and not template.allow_override_limit:
+            limit = ""
+        run = TaskRun(self, task, template, environment,
+                      secret if isinstance(secret, dict) else {}, limit)
         self._queue.append(run)
         return _json(201, {**task, "secret": "{}"})  # only the POST answer says "{}" (§5)
+
+    @staticmethod
+    def _undeclared(environment: str, template: _Template) -> str | None:
+        """The first task variable that is no survey variable of the template (PR #4108)."""
+        try:
+            values = json.loads(environment or "{}")
+        except ValueError:
+            return None  # the environment step reports it
+        declared = {var.get("name") for var in template.survey_vars}
+        return next((key for key in values if key not in declared), None) \
+            if isinstance(values, dict) else None
 
     def _h_task(self, request, user, project, task) -> _Reply:
         return _json(200, task)
@@ -727,6 +830,15 @@ class SemaphoreStandin:
         self._set_status(task, "stopped" if fields.get("force", False) else "stopping")
         if was_running:
             run._kill()
+        return _Reply(204)
+
+    def _h_reject(self, request, user, project, task) -> _Reply:
+        if not self.newer:
+            return _Reply(404, b"Not Found\n", "text/plain; charset=utf-8")  # no such route
+        run = self._in_pool(task["id"])
+        if run is None or task["status"] != "waiting_confirmation":
+            return _Reply(400)
+        self._set_status(task, "rejected")  # wait_confirmation() then ends the job
         return _Reply(204)
 
     def _h_confirm(self, request, user, project, task) -> _Reply:
@@ -783,4 +895,5 @@ ROUTES = [(re.compile(pattern), methods) for pattern, methods in [
     (_P + "/tasks/(?P<id>[^/]+)/output", {"GET": "output"}),
     (_P + "/tasks/(?P<id>[^/]+)/stop", {"POST": "stop"}),
     (_P + "/tasks/(?P<id>[^/]+)/confirm", {"POST": "confirm"}),
+    (_P + "/tasks/(?P<id>[^/]+)/reject", {"POST": "reject"}),  # 2.13 and later
 ]]

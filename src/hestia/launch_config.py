@@ -199,7 +199,8 @@ class SemaphoreLauncherConfig(_Model):
     A start runs `start_template` and waits for the task to succeed; then the supervisor probes
     the upstream's readiness. A stop runs `stop_template` (if given) and waits for it. The task's
     `environment` is a JSON object with `HESTIA_SERVICE`, `HESTIA_BACKEND`, `HESTIA_MACHINE`,
-    `HESTIA_UPSTREAM`, `HESTIA_PORT` and `HESTIA_ACTION` plus `environment` below."""
+    `HESTIA_UPSTREAM`, `HESTIA_PORT`, `HESTIA_ACTION` (and `HESTIA_LIMIT` with `limit`) plus
+    `environment` below; `send_variables` narrows that."""
 
     start_template: TemplateRef
     """Template id (a number) or name; a name is looked up in the project's templates at start
@@ -212,10 +213,18 @@ class SemaphoreLauncherConfig(_Model):
     environment: dict[str, str | int | float | bool] = {}
     """Extra variables for the playbook (Ansible extra vars), next to the `HESTIA_*` ones."""
     limit: str | None = None
-    """Ansible `--limit` for the tasks."""
+    """Ansible `--limit` for the tasks, also passed as `HESTIA_LIMIT`. From Semaphore 2.13 a
+    template drops a task's limit unless its "Allow override limit" setting is on: Hestia then
+    refuses to run it (at start and in `hestia check`) rather than run on every host."""
     arguments: list[str] | None = None
     """Extra CLI arguments; Semaphore uses them only when the template allows overriding."""
     git_branch: str | None = None
+    """The repository branch for the task; Semaphore ignores it before 2.10.31."""
+    send_variables: Literal["all", "configured", "none"] = "all"
+    """Which variables the tasks get: `all` (the `HESTIA_*` ones and `environment`),
+    `configured` (only `environment`) or `none`. A Terraform/OpenTofu template passes each as
+    `-var`, which fails for a variable the module does not declare: declare the `HESTIA_*`
+    variables in the module, or send fewer."""
     message: str | None = None
     """Shown in Semaphore's UI (default: `hestia: start <service> on <machine>`)."""
     confirm: bool = False
@@ -297,6 +306,9 @@ class SemaphoreConfig(_Model):
     30m; Semaphore itself never times out a task that lost its runner)."""
     request_timeout: Duration = Field(default=10.0, gt=0)
     """Bound on each HTTP request to Semaphore (default 10s)."""
+    output_timeout: Duration = Field(default=60.0, gt=0)
+    """Bound on fetching a finished task's output (default 60s): Semaphore sends a task's whole
+    log, which can be large; Hestia keeps its last lines."""
     verify_tls: bool = True
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ A start creates a task from `start_template` and polls it every `poll_interval`:
 - `error` or `stopped`: the attempt fails with the task's last output lines. Retries, backoff
   and fallback placements are the supervisor's startup policy, unchanged.
 - `waiting_confirmation` (a Terraform plan): confirmed when `confirm: true`; otherwise the task
-  is stopped and the attempt fails saying so.
+  is rejected (or, where Semaphore has no `/reject`, stopped with `force: true`: a plain stop
+  leaves it `stopping` for ever in 2.10) and the attempt fails saying so. `rejected` is a
+  finished status like `stopped`.
 - still not finished after `task_timeout` (a task can stay `running` forever when Semaphore
   restarts under it, CONTRACT §7): Hestia asks Semaphore to stop it and fails the attempt.
 
@@ -15,6 +17,10 @@ After a start task fails, times out or is cancelled, the stop template runs (whe
 one), so a half-provisioned machine does not keep costing money; stop playbooks must therefore
 cope with a half-done start. A stop runs the stop template and waits for it; a failed stop is
 logged (`semaphore_stop_failed`) and shows in the backend's `automation` status.
+
+Before each task the template is read by id and checked against what its Semaphore release
+would do with the task (`semaphore.releases`): a `limit` it would drop, variables it would
+refuse. Such a task is not sent, and the attempt fails saying what to change.
 
 A remote backend cannot be watched from here: `wait` never returns, and crashes are for health
 checks to find. Each task's output is appended to the backend's log file.
@@ -33,6 +39,7 @@ import trio
 from ..config import SemaphoreConfig, SemaphoreLauncherConfig
 from ..errors import StartFailed
 from ..private_files import open_private
+from ..semaphore import releases
 from ..semaphore.client import SemaphoreClient, SemaphoreError
 from ..semaphore.tasks import Automation, TaskRecord, TemplateError, Templates
 from .base import LaunchContext, Launcher, StopOnce
@@ -45,7 +52,7 @@ __all__ = ["SemaphoreLauncher", "SemaphoreRunning"]
 
 log = structlog.get_logger("hestia.semaphore")
 
-FINISHED = ("success", "error", "stopped")
+FINISHED = ("success", "error", "stopped", "rejected")  # `rejected`: 2.13 and later
 OUTPUT_LINES = 20
 # Polls may fail for a while (Semaphore restarting) before the attempt is given up as lost.
 LOST_CONTACT_S = 30.0
@@ -150,10 +157,17 @@ class SemaphoreLauncher(Launcher):
         what = f"Semaphore {record.action} task"
         try:
             record.template_id = await self.templates.id_of(self.project, ref)
+            template = await self.templates.get(self.project, record.template_id)
             title = self.templates.title(self.project, record.template_id)
             if title is not None:
                 record.template = title
-            task = await self.client.create_task(self.project, self._body(record, context))
+            variables = releases.variables(self.config, context.environment(record.action))
+            refused = releases.problems(template, self.config, variables)
+            if refused:
+                record.status = "not_created"
+                raise TaskFailed(refused[0].message, refused[0].reason)
+            task = await self.client.create_task(self.project,
+                                                 self._body(record, context, variables))
         except TemplateError as exc:
             record.status = "not_created"
             raise TaskFailed(str(exc), "unknown_template") from None
@@ -180,8 +194,10 @@ class SemaphoreLauncher(Launcher):
         self._log_lines(record, lines)
         if record.status != "success":
             last = next((line for line in reversed(lines) if line.strip()), "no output")
+            hint = releases.terraform_hint(template, self.config) \
+                if record.status == "error" else ""
             raise TaskFailed(f"{what} {record.task_id} ({record.template}) ended "
-                             f"{record.status}: {last}", f"task_{record.status}",
+                             f"{record.status}: {last}{hint}", f"task_{record.status}",
                              task_id=record.task_id, task_status=record.status,
                              log_tail=lines)
 
@@ -215,10 +231,10 @@ class SemaphoreLauncher(Launcher):
                 record.status = status
             if status == "waiting_confirmation" and not confirmed:
                 if not self.config.confirm:
-                    await self._stop_task(record, context)
+                    done = await self._stop_task(record, context)
                     raise TaskFailed(
                         f"Semaphore task {record.task_id} ({record.template}) waits for a "
-                        "confirmation (a Terraform plan?); Hestia stopped it. Set `confirm: "
+                        f"confirmation (a Terraform plan?); Hestia {done} it. Set `confirm: "
                         "true` on the launcher to confirm such tasks",
                         "task_waiting_confirmation", task_id=record.task_id,
                         task_status=status)
@@ -226,13 +242,29 @@ class SemaphoreLauncher(Launcher):
                                  context, "confirm")
                 confirmed = True
 
-    async def _stop_task(self, record: TaskRecord, context: LaunchContext) -> None:
+    async def _stop_task(self, record: TaskRecord, context: LaunchContext) -> str:
+        """Ask Semaphore to end the task; says how ("rejected", "stopped")."""
         assert record.task_id is not None
-        # Not forced: a forced stop of a waiting task still runs it when dequeued (§7).
-        if await self._call(self.client.stop_task(self.project, record.task_id, force=False),
+        force = False  # a forced stop of a *waiting* task still runs it when dequeued (§7)
+        if record.status == "waiting_confirmation":
+            # A plain stop leaves such a task `stopping` for ever in 2.10, holding its template
+            # (§8): reject it where Semaphore can (2.13 and later), else force the stop.
+            try:
+                await self.client.reject_task(self.project, record.task_id)
+            except SemaphoreError as exc:
+                if exc.status not in (404, 405):
+                    log.warning("semaphore_reject_failed", service=context.service,
+                                detail=exc.message)
+                force = True
+            else:
+                log.info("semaphore_task_rejected", service=context.service,
+                         task_id=record.task_id)
+                return "rejected"
+        if await self._call(self.client.stop_task(self.project, record.task_id, force=force),
                             context, "stop_request"):
             log.info("semaphore_task_stop_requested", service=context.service,
-                     task_id=record.task_id, status=record.status)
+                     task_id=record.task_id, status=record.status, force=force)
+        return "stopped"
 
     async def _call(self, call: Any, context: LaunchContext, what: str) -> bool:
         try:
@@ -243,21 +275,28 @@ class SemaphoreLauncher(Launcher):
         return True
 
     async def _output(self, record: TaskRecord) -> list[str]:
+        """The task's last lines; when they cannot be fetched, one line saying so (never an
+        empty tail that looks like a silent task)."""
         assert record.task_id is not None
         try:
-            return (await self.client.output(self.project, record.task_id))[-OUTPUT_LINES:]
-        except SemaphoreError:
-            return []
+            return await self.client.output_tail(self.project, record.task_id, OUTPUT_LINES,
+                                                 timeout=self.settings.output_timeout)
+        except SemaphoreError as exc:
+            log.warning("semaphore_output_failed", task_id=record.task_id, detail=exc.message)
+            return [f"(Hestia could not fetch the output of task {record.task_id}: "
+                    f"{exc.message})"]
 
-    def _body(self, record: TaskRecord, context: LaunchContext) -> dict[str, Any]:
+    def _body(self, record: TaskRecord, context: LaunchContext,
+              variables: dict[str, Any]) -> dict[str, Any]:
         config = self.config
-        environment = {**config.environment, **context.environment(record.action)}
         body: dict[str, Any] = {
             "template_id": record.template_id,
-            # A string holding a JSON object, not an object (CONTRACT §5).
-            "environment": json.dumps(environment),
             "message": config.message or
             f"hestia: {record.action} {context.service} on {context.machine}"}
+        if variables:
+            # A string holding a JSON object, not an object (CONTRACT §5). None at all when
+            # there are none: 2.10 fails any task variables on a template without environment.
+            body["environment"] = json.dumps(variables)
         if config.limit is not None:
             body["limit"] = config.limit
         if config.arguments is not None:

@@ -4,6 +4,8 @@ Templates are addressed by id only, and names are not unique (CONTRACT §4), so 
 up by listing the project's templates, and a name that matches no template, or more than one,
 is a configuration error. The lookup runs at start (`check_templates`, also behind
 `hestia check`); when Semaphore cannot be reached then, it runs again before the first task.
+The check also reads each template by id and reports what its release would do wrong with the
+launcher's tasks (`releases.problems`: a dropped `limit`, undeclared variables).
 
 `Automation` holds one backend's task records for the status API: the task in progress and the
 last finished one, plus a short history. They live in memory until issue 6's storage exists.
@@ -20,6 +22,7 @@ from typing import Any
 from ..config import Config
 from ..observability import iso_time
 from .client import SemaphoreClient, SemaphoreError
+from .releases import problems, variable_names
 
 __all__ = ["Automation", "TaskRecord", "TemplateError", "Templates", "check_templates"]
 
@@ -55,21 +58,25 @@ class Templates:
                                 f"{project}: templates {sorted(ids)} have it; use the id")
         return ids[0]
 
-    async def check(self, project: int, ref: int | str) -> None:
-        """Raise `TemplateError` unless `ref` names exactly one template (or `SemaphoreError`).
-        An id is asked for: a task for an unknown id would only get a bare 500."""
-        if not isinstance(ref, int):
-            await self.id_of(project, ref)
-            return
+    async def get(self, project: int, ref: int | str) -> dict[str, Any]:
+        """The template `ref` names, read by id (the list leaves fields null, CONTRACT §4).
+        Raises `TemplateError` (no such template) or `SemaphoreError`. An id is asked for:
+        a task for an unknown id would only get a bare 500 from 2.10."""
+        template_id = await self.id_of(project, ref)
         try:
-            template = await self.client.template(project, ref)
+            template = await self.client.template(project, template_id)
         except SemaphoreError as exc:
             if exc.status != 404:
                 raise
-            raise TemplateError(f"no template with id {ref} in Semaphore project {project}"
-                                ) from None
+            raise TemplateError(f"no such template (or project): Semaphore project {project} "
+                                f"has no template with id {template_id}, or the project does "
+                                "not exist or the user is not a member of it (404)") from None
+        if not isinstance(template, dict):
+            raise SemaphoreError(f"GET /project/{project}/templates/{template_id}: not a "
+                                 "template object", reason="bad_response")
         if isinstance(template.get("name"), str):
-            self._titles[(project, ref)] = template["name"]
+            self._titles[(project, template_id)] = template["name"]
+        return template
 
     def title(self, project: int, template_id: int) -> str | None:
         return self._titles.get((project, template_id))
@@ -86,20 +93,30 @@ class Templates:
 
 async def check_templates(config: Config, templates: Templates,
                           ) -> tuple[list[tuple[str, str]], str | None]:
-    """Resolve every template name the configuration uses: (errors with their paths, None), or
-    ([], why Semaphore could not be asked)."""
+    """Resolve every template the configuration uses, and check each launcher's tasks against
+    it: (errors with their paths, None), or ([], why Semaphore could not be asked). Each
+    problem is reported once, at the first launcher that has it (machines come first)."""
     errors: list[tuple[str, str]] = []
-    seen: set[tuple[int, int | str]] = set()
+    read: dict[tuple[int, int | str], dict[str, Any] | None] = {}
+    said: set[tuple[int, int | str, str]] = set()
     for path, launcher in config.semaphore_launchers():
         project = config.project_of(launcher)
         refs = [("start_template", launcher.start_template),
                 ("stop_template", launcher.stop_template)]
         for key, ref in refs:
-            if ref is None or (project, ref) in seen:
+            if ref is None:
                 continue
-            seen.add((project, ref))
             try:
-                await templates.check(project, ref)
+                if (project, ref) not in read:
+                    read[(project, ref)] = None  # an error is reported once
+                    read[(project, ref)] = await templates.get(project, ref)
+                template = read[(project, ref)]
+                if template is None:
+                    continue
+                for problem in problems(template, launcher, variable_names(launcher)):
+                    if (project, ref, problem.message) not in said:
+                        said.add((project, ref, problem.message))
+                        errors.append((f"{path}.{problem.field or key}", problem.message))
             except TemplateError as exc:
                 errors.append((f"{path}.{key}", str(exc)))
             except SemaphoreError as exc:
