@@ -558,6 +558,8 @@ class SemaphoreStandin:
         method match is 405 (empty, no middleware, so no content-type); no match is 404."""
         path_matched = False
         for pattern, methods in ROUTES:
+            if not self.newer and set(methods.values()) & NEWER_ONLY:
+                continue  # a route 2.10 does not register
             match = pattern.fullmatch(request.path)
             if match is None:
                 continue
@@ -833,8 +835,6 @@ class SemaphoreStandin:
         return _Reply(204)
 
     def _h_reject(self, request, user, project, task) -> _Reply:
-        if not self.newer:
-            return _Reply(404, b"Not Found\n", "text/plain; charset=utf-8")  # no such route
         run = self._in_pool(task["id"])
         if run is None or task["status"] != "waiting_confirmation":
             return _Reply(400)
@@ -873,6 +873,7 @@ def _query(query: str) -> dict[str, str]:
 
 
 PUBLIC = frozenset({"ping", "login_options", "login", "logout"})
+NEWER_ONLY = frozenset({"reject"})  # handlers of routes registered from 2.13 only
 _P = "/api/project/(?P<pid>[^/]+)"
 ROUTES = [(re.compile(pattern), methods) for pattern, methods in [
     ("/api/ping", {"GET": "ping", "HEAD": "ping"}),

@@ -23,6 +23,7 @@ from hestia.launchers.semaphore import SemaphoreLauncher
 from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.supervisor import State, Supervisor
 from hestia.semaphore.hub import SemaphoreHub
+from hestia.semaphore.releases import HESTIA_NAMES
 from tests.semaphore_standin import SemaphoreStandin, TaskRun
 
 CONTEXT = LaunchContext("ollama", "default", "http://gpu:11434", 11434, "gpu")
@@ -113,7 +114,7 @@ async def test_a_start_by_template_name_polls_until_the_task_succeeds(standin, t
     assert json.loads(task["environment"]) == {
         "MODEL": "llama3", "HESTIA_SERVICE": "ollama", "HESTIA_BACKEND": "default",
         "HESTIA_MACHINE": "gpu", "HESTIA_UPSTREAM": "http://gpu:11434", "HESTIA_PORT": "11434",
-        "HESTIA_ACTION": "start"}
+        "HESTIA_ACTION": "start", "HESTIA_LIMIT": "gpu01"}
     assert service.environments[0]["HESTIA_ACTION"] == "start"
     assert standin.task_statuses(task["id"]) == ["waiting", "starting", "running", "success"]
     assert running.log_tail()[-1] == "TASK [ollama : start] ok"
@@ -226,8 +227,18 @@ async def _expect_failure(launcher_: SemaphoreLauncher) -> None:
         await launcher_.start(CONTEXT)
 
 
+async def on_release(nursery: trio.Nursery, release: str) -> SemaphoreStandin:
+    semaphore = SemaphoreStandin(tick=5.0, release=release)
+    await nursery.start(semaphore.run)
+    return semaphore
+
+
+@pytest.mark.parametrize(("release", "how", "stops", "final"), [
+    ("2.10", "stopped", [(1, {"force": True})], "stopped"),  # a plain stop would stick (§8)
+    ("2.13", "rejected", [], "rejected")])
 async def test_a_task_waiting_for_confirmation_fails_unless_confirm_is_set(
-        standin, tmp_path, autojump_clock):
+        nursery, tmp_path, autojump_clock, release, how, stops, final):
+    standin = await on_release(nursery, release)
     project = standin.add_project("infra")
     service = Service()
 
@@ -236,17 +247,24 @@ async def test_a_task_waiting_for_confirmation_fails_unless_confirm_is_set(
         service.up = True
         return 0
 
-    standin.add_template(project, "apply", plan_then_apply, environment={}, app="terraform")
+    standin.add_template(project, "apply", plan_then_apply, environment={}, app="terraform",
+                         module_vars=HESTIA_NAMES)
     h = hub(standin, {"gpu": {"start_template": "apply"}, "box": {"start_template": "apply",
                                                                     "confirm": True}})
     with pytest.raises(StartFailed) as caught:
         await launcher(h, "gpu", tmp_path).start(CONTEXT)
     assert caught.value.extra["reason"] == "task_waiting_confirmation"
-    assert "Set `confirm: true`" in caught.value.detail
-    assert standin.stop_requests() == [(1, {"force": False})]
+    assert f"waits for a confirmation (a Terraform plan?); Hestia {how} it. Set `confirm: " \
+        "true`" in caught.value.detail
+    assert standin.stop_requests() == stops
+    assert standin.tasks[1]["status"] == final
     assert not service.up
 
+    # The template is free again: the next task is dequeued at the next tick.
+    created = trio.current_time()
     await launcher(h, "box", tmp_path).start(CONTEXT)
+    assert standin.task_statuses(2)[:2] == ["waiting", "starting"]
+    assert trio.current_time() == created + 6.0  # tick 5 s later, seen by the poll after it
     assert service.up
     assert "confirmed" in standin.task_statuses(2)
     assert standin.tasks[2]["status"] == "success"
@@ -403,18 +421,55 @@ async def test_a_stop_during_the_start_task_stops_it_and_cleans_up(standin, tmp_
     assert json.loads(standin.tasks[2]["environment"])["HESTIA_ACTION"] == "stop"
 
 
-async def test_an_unknown_template_id_is_reported_by_the_check_and_a_task_gets_a_clear_500(
-        standin, tmp_path, autojump_clock):
+UNKNOWN_7 = ("no such template (or project): Semaphore project 1 has no template with id 7, or "
+             "the project does not exist or the user is not a member of it (404)")
+
+
+@pytest.mark.parametrize("release", ["2.10", "2.16"])
+async def test_an_unknown_template_id_is_no_such_template_at_start_and_in_the_check(
+        nursery, tmp_path, autojump_clock, release):
+    standin = await on_release(nursery, release)
     project = standin.add_project("infra")
     standin.add_template(project, "start", environment={})
     h = hub(standin, {"gpu": {"start_template": 7}})
     errors, _ = await h.check()
-    assert errors == [("machines.gpu.semaphore.start_template",
-                       "no template with id 7 in Semaphore project 1")]
+    assert errors == [("machines.gpu.semaphore.start_template", UNKNOWN_7)]
     with pytest.raises(StartFailed) as caught:
         await launcher(h, "gpu", tmp_path).start(CONTEXT)
-    assert caught.value.extra["reason"] == "semaphore_http_500"
-    assert "no such template, or the template cannot take this task" in caught.value.detail
+    assert caught.value.extra["reason"] == "unknown_template"
+    assert caught.value.detail == UNKNOWN_7
+    assert standin.tasks == {}
+
+
+@pytest.mark.parametrize(("release", "status", "explained"), [
+    ("2.10", 500, "when creating a task on Semaphore 2.10: no such template"),
+    ("2.16", 404, "no such template (or project)")])
+async def test_a_template_deleted_after_it_was_read_is_explained_by_release(
+        nursery, tmp_path, autojump_clock, release, status, explained):
+    standin = await on_release(nursery, release)
+    project = standin.add_project("infra")
+    tid = standin.add_template(project, "start", environment={})
+
+    async def deleting(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/tasks"):
+            standin._templates.pop(tid)  # deleted in Semaphore's UI at that moment
+        return await httpx.ASGITransport(app=standin.app).handle_async_request(request)
+
+    h = hub(standin, {"gpu": {"start_template": tid}}, transport=Handler(deleting))
+    with pytest.raises(StartFailed) as caught:
+        await launcher(h, "gpu", tmp_path).start(CONTEXT)
+    assert caught.value.extra["reason"] == f"semaphore_http_{status}"
+    assert explained in caught.value.detail
+
+
+class Handler(httpx.AsyncBaseTransport):
+    """A transport that is a function (httpx's MockTransport, but one that may await)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.handle(request)
 
 
 async def test_a_user_who_may_not_run_tasks_gets_a_start_failure_naming_the_role(

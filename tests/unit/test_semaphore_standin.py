@@ -488,3 +488,155 @@ async def test_serve_listens_on_loopback_and_answers_ping(nursery):
             assert user.json()["username"] == "admin"
         assert [(r.method, r.path, r.status) for r in standin.requests] == [
             ("GET", "/api/ping", 200), ("HEAD", "/api/ping", 200), ("GET", "/api/user", 200)]
+
+
+# -- §8 releases ---------------------------------------------------------------------------
+
+async def on_release(nursery, release: str) -> SemaphoreStandin:
+    standin = SemaphoreStandin(tick=5, release=release)
+    await nursery.start(standin.run)
+    return standin
+
+
+@pytest.mark.parametrize(("release", "status"), [("2.10", 500), ("2.13", 404), ("2.16", 404)])
+async def test_an_unknown_template_is_a_500_in_v210_and_a_404_later(nursery, release, status):
+    standin = await on_release(nursery, release)
+    standin.add_project("home")
+    async with client_for(standin, standin.create_token("admin")) as client:
+        assert_empty(await client.post("/api/project/1/tasks", json={"template_id": 99}),
+                     status)
+    assert standin.tasks == {}
+
+
+@pytest.mark.parametrize(("release", "allowed", "applied"), [
+    ("2.10", False, "web01"), ("2.13", False, ""), ("2.13", True, "web01"), ("2.16", False, "")])
+async def test_a_task_limit_needs_allow_override_limit_from_v213(
+        nursery, autojump_clock, release, allowed, applied):
+    standin = await on_release(nursery, release)
+    standin.add_project("home")
+    seen = []
+
+    async def playbook(run: TaskRun) -> int:
+        seen.append(run.limit)
+        return 0
+
+    template = standin.add_template(1, "svc", playbook, allow_override_limit=allowed)
+    async with client_for(standin, standin.create_token("admin")) as client:
+        shown = (await client.get(f"/api/project/1/templates/{template}")).json()
+        assert ("task_params" in shown) is (release != "2.10")
+        await create(client, template, limit="web01")
+        await advance(5)
+    assert seen == [applied]
+
+
+@pytest.mark.parametrize(("release", "env_less", "merged"), [
+    ("2.13", {"a": "task"}, {"a": "template", "b": "template"}),
+    ("2.16", {"a": "task"}, {"a": "task", "b": "template"})])
+async def test_environment_precedence_and_envless_templates_after_v210(
+        nursery, autojump_clock, release, env_less, merged):
+    standin = await on_release(nursery, release)
+    standin.add_project("home")
+    seen = []
+
+    async def playbook(run: TaskRun) -> int:
+        seen.append(run.environment)
+        return 0
+
+    with_env = standin.add_template(1, "a", playbook, environment={"a": "template",
+                                                                   "b": "template"})
+    without = standin.add_template(1, "b", playbook)
+    async with client_for(standin, standin.create_token("admin")) as client:
+        await create(client, with_env, environment='{"a": "task"}')
+        await create(client, without, environment='{"a": "task"}')  # 2.10 would answer 500
+        await advance(10)
+    assert seen == [merged, env_less]
+
+
+async def test_pr4108_refuses_variables_that_are_not_survey_variables(nursery):
+    standin = await on_release(nursery, "pr4108")
+    standin.add_project("home")
+    strict = standin.add_template(1, "strict", survey_vars=[{"name": "MODEL"}], environment={})
+    loose = standin.add_template(1, "loose", allow_any_vars_in_task=True, environment={})
+    async with client_for(standin, standin.create_token("admin")) as client:
+        shown = (await client.get(f"/api/project/1/templates/{strict}")).json()
+        assert shown["allow_any_vars_in_task"] is False
+        refused = await client.post("/api/project/1/tasks", json={
+            "template_id": strict, "environment": '{"MODEL": "x", "HESTIA_PORT": "1"}'})
+        assert refused.status_code == 400
+        assert refused.json() == {"error": "variable HESTIA_PORT is not declared"}
+        await create(client, strict, environment='{"MODEL": "x"}')
+        await create(client, loose, environment='{"HESTIA_PORT": "1"}')
+    assert len(standin.tasks) == 2
+
+
+async def test_v210_a_plain_stop_of_a_task_waiting_for_confirmation_sticks_in_stopping(
+        standin, client, autojump_clock):
+    standin.add_project("home")
+    ran = []
+
+    async def terraform(run: TaskRun) -> int:
+        ran.append(run.task["id"])
+        await run.wait_confirmation()
+        return 0
+
+    template = standin.add_template(1, "tf", terraform, app="terraform")
+    first = await create(client, template)
+    await advance(5)
+    await stop(client, first["id"], force=False)
+    second = await create(client, template)
+    await advance(600)
+    assert standin.tasks[first["id"]]["status"] == "stopping"  # for ever
+    assert standin.tasks[second["id"]]["status"] == "waiting"  # the template is held
+    await stop(client, first["id"], force=True)
+    await advance(5)
+    assert standin.tasks[first["id"]]["status"] == "stopped"
+    assert ran == [first["id"], second["id"]]
+
+
+async def test_reject_exists_from_v213_and_ends_a_task_waiting_for_confirmation(
+        nursery, client, autojump_clock):
+    standin = await on_release(nursery, "2.13")
+    standin.add_project("home")
+
+    async def terraform(run: TaskRun) -> int:
+        await run.wait_confirmation()
+        return 0  # pragma: no cover - rejected
+
+    template = standin.add_template(1, "tf", terraform, app="terraform")
+    async with client_for(standin, standin.create_token("admin")) as newer:
+        task = await create(newer, template)
+        url = f"/api/project/1/tasks/{task['id']}/reject"
+        assert_empty(await newer.post(url), 400)  # not waiting for a confirmation yet
+        await advance(5)
+        assert_empty(await newer.post(url), 204)
+        await advance(0)
+    assert standin.task_statuses(task["id"])[-2:] == ["waiting_confirmation", "rejected"]
+    assert standin.tasks[task["id"]]["end"]
+    old = await client.post(url)  # the v2.10 stand-in of the fixture has no such route
+    assert (old.status_code, old.text) == (404, "Not Found\n")
+
+
+async def test_a_terraform_task_fails_on_a_variable_its_module_does_not_declare(
+        standin, client, autojump_clock):
+    standin.add_project("home")
+    template = standin.add_template(1, "tf", app="tofu", environment={},
+                                    module_vars=("region",))
+    good = await create(client, template, environment='{"region": "eu"}')
+    bad = await create(client, template, environment='{"region": "eu", "HESTIA_PORT": "1"}')
+    await advance(10)
+    assert standin.tasks[good["id"]]["status"] == "success"
+    assert standin.tasks[bad["id"]]["status"] == "error"
+    assert standin.outputs[bad["id"]][-1]["output"].startswith(
+        'A variable named "HESTIA_PORT" was assigned on the command line')
+
+
+async def test_a_totp_user_gets_a_session_every_call_refuses(nursery):
+    standin = await on_release(nursery, "2.13")
+    standin.add_user("ops", "pw", totp=True)
+    async with client_for(standin) as client:
+        login = await client.post("/api/auth/login", json={"auth": "ops", "password": "pw"})
+        assert login.status_code == 204 and login.cookies.get("semaphore")
+        refused = await client.get("/api/user")
+        assert (refused.status_code, refused.json()) == (401, {"error": "TOTP_REQUIRED"})
+    with pytest.raises(ValueError, match="2.10 has no TOTP"):
+        SemaphoreStandin(release="2.10").add_user("ops", "pw", totp=True)
