@@ -217,8 +217,8 @@ async def test_a_totp_user_is_told_to_use_a_token(nursery, tmp_path, autojump_cl
     assert caught.value.detail == (
         "cannot create the Semaphore start task: GET /project/1/templates: the Semaphore user "
         "'ops' has two-factor authentication (TOTP) on: a password login gives a session that "
-        "needs a one-time code, which Hestia cannot type (401 TOTP_REQUIRED). Use an API token (semaphore.token or "
-        "SEMAPHORE_API_TOKEN)")
+        "needs a one-time code, which Hestia cannot type (401 TOTP_REQUIRED). Use an API token "
+        "(semaphore.token or SEMAPHORE_API_TOKEN)")
 
 
 # --- output ---------------------------------------------------------------------------------
