@@ -289,3 +289,51 @@ async def test_failed_attempts_are_retried_then_a_second_machine_serves(start_ga
                 assert gpu["failuresInARow"] == 2
         finally:
             cloud.kill()
+
+
+@pytest.mark.parametrize("release", ["2.10", "2.16"])
+async def test_a_limit_runs_where_the_release_honours_it_and_is_refused_where_it_would_drop(
+        start_gateway, machine, nursery, tmp_path, release):
+    with trio.fail_after(30):
+        standin = SemaphoreStandin(tick=0.05, release=release)
+        standin.url = await nursery.start(standin.serve)
+        project = standin.add_project("infra")
+        limits: list[str] = []
+
+        async def start(task: TaskRun) -> int:
+            limits.append(task.limit)
+            return await machine.start(task)
+
+        tid = standin.add_template(project, "start echo", start, environment={})
+        config = {"semaphore": semaphore_block(standin),
+                  "machines": {"gpu": {"semaphore": {"start_template": "start echo",
+                                                     "limit": "gpu01"}}},
+                  "services": {"echo": {"upstream": machine.upstream, "machine": "gpu",
+                                        "readiness": {"http": "/health"}}}}
+        path = tmp_path / "hestia.yml"
+        path.write_text(yaml.safe_dump(config))
+        check = await trio.run_process(
+            [sys.executable, "-m", "hestia", "check", "-c", str(path)],
+            env={"PATH": "/usr/bin:/bin"}, capture_stdout=True, capture_stderr=True,
+            check=False)
+        if release == "2.10":  # the limit is always applied
+            assert check.returncode == 0, check.stderr.decode()
+            gateway = await start_gateway(**config)
+            async with client(gateway) as http:
+                assert (await http.get("/services/echo/health")).status_code == 200
+            assert limits == ["gpu01"]
+            return
+        assert check.returncode == 1
+        assert ("machines.gpu.semaphore.limit: Semaphore template 'start echo' (id 1) would "
+                "ignore the launcher's limit 'gpu01'") in check.stderr.decode()
+        # Allowed when the gateway starts, turned off in Semaphore's UI afterwards: the
+        # template is read again before the task, which is not sent.
+        standin._templates[tid].allow_override_limit = True
+        gateway = await start_gateway(**config)
+        standin._templates[tid].allow_override_limit = False
+        async with client(gateway) as http:
+            response = await http.get("/services/echo/health")
+            body = assert_error_body(response, 503, "start_failed", "echo")
+            assert body["reason"] == "limit_ignored"
+            assert 'Turn on "Allow override limit"' in body["detail"]
+        assert limits == [] and standin.tasks == {}
