@@ -7,7 +7,9 @@ Loading runs in this order, and every step reports *all* its problems with their
    mapping (both lines).
 2. `${VAR}` and `${VAR:-default}` are interpolated in every string value (never in keys).
 3. `<SERVICE>_<FIELD>` environment variables override fields of services the file declares
-   (`OLLAMA_IDLE_TIMEOUT=10m`, `OLLAMA_QUEUE_MAX=5`); they never invent a service.
+   (`OLLAMA_IDLE_TIMEOUT=10m`, `OLLAMA_QUEUE_MAX=5`); they never invent a service. So do
+   `<SERVICE>_SEMAPHORE_ENABLED` and `<SERVICE>_SEMAPHORE_MACHINE_ID`
+   (`config_data.semaphore_switches`).
 4. The models validate the result (`extra="forbid"`, so a typo such as `idel_timeout` is an
    error naming its path, the valid keys and the closest one), and, in the same run, what
    refers across models (ids, machines, groups, Semaphore; `config_data.reference_errors`)
@@ -40,6 +42,7 @@ from .config_data import (
     read_yaml,
     reference_errors,
     semaphore_env,
+    semaphore_switches,
     submodel,
     unknown_key,
     upstream_warnings,
@@ -293,6 +296,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
     data = semaphore_env(raw, env)
     data = interpolate(data, env, "", errors)
     _env_overrides(data, env)
+    semaphore_switches(data, env, errors)
     expand_backends(data, errors)
     machine_launchers(data)
     errors += reference_errors(data)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 import yaml
 
-from hestia import Gateway
+from hestia import Gateway, parse_config, run
 from tests.integration.conftest import (
     UPSTREAM_APP,
     assert_error_body,
@@ -337,3 +338,31 @@ async def test_a_limit_runs_where_the_release_honours_it_and_is_refused_where_it
             assert body["reason"] == "limit_ignored"
             assert 'Turn on "Allow override limit"' in body["detail"]
         assert limits == [] and standin.tasks == {}
+
+
+async def test_the_seeds_environment_switches_start_a_service_through_semaphore(
+        standin, machine, nursery, tmp_path):
+    with trio.fail_after(30):
+        project = standin.add_project("infra")
+        standin.add_template(project, "start", machine.start, environment={})
+        standin.add_template(project, "stop", machine.stop, environment={})
+        raw = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data"),
+               "semaphore": {"project": project, "poll_interval": "50ms"},
+               "machines": {"aws-gpu-instance": {"semaphore": {"start_template": "start",
+                                                               "stop_template": "stop"}}},
+               "services": {"myservice": {"upstream": "http://127.0.0.1:9",
+                                          "launcher": {"process": {"command": ["false"]}},
+                                          "readiness": {"http": "/health"}}}}
+        env = {"MYSERVICE_SEMAPHORE_ENABLED": "true",
+               "MYSERVICE_SEMAPHORE_MACHINE_ID": "aws-gpu-instance",
+               "MYSERVICE_UPSTREAM": machine.upstream,
+               "SEMAPHORE_BASE_URL": standin.url,
+               "SEMAPHORE_API_TOKEN": standin.create_token("admin")}
+        gateway = await nursery.start(partial(run, parse_config(raw, env=env),
+                                              handle_signals=False))
+        async with client(gateway) as http:
+            assert (await http.get("/services/myservice/health")).status_code == 200
+            status = (await http.get("/v1/services/myservice/status")).json()
+            assert status["machineId"] == "aws-gpu-instance"
+            assert status["automation"]["last_task"]["action"] == "start"
+        assert machine.starts == 1
