@@ -287,8 +287,10 @@ class SemaphoreLauncher(Launcher):
                     f"{exc.message})"]
 
     def _body(self, record: TaskRecord, context: LaunchContext,
-              variables: dict[str, Any]) -> dict[str, Any]:
+              variables: dict[str, Any] | None = None) -> dict[str, Any]:
         config = self.config
+        if variables is None:
+            variables = releases.variables(config, context.environment(record.action))
         body: dict[str, Any] = {
             "template_id": record.template_id,
             "message": config.message or
