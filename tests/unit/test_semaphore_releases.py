@@ -256,7 +256,7 @@ def test_tail_rows_of_a_cut_array_start_at_the_first_whole_row():
 async def test_output_that_does_not_arrive_in_time_is_said_not_left_empty(
         standin, tmp_path, autojump_clock):
     project = standin.add_project("infra")
-    standin.add_template(project, "start", Service_failing, environment={})
+    standin.add_template(project, "start", failing_playbook, environment={})
 
     async def slow_output(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/output"):
@@ -275,7 +275,7 @@ async def test_output_that_does_not_arrive_in_time_is_said_not_left_empty(
     assert caught.value.detail == f"Semaphore start task 1 (start) ended error: {message}"
 
 
-async def Service_failing(run: TaskRun) -> int:  # noqa: N802 - reads as a playbook's name
+async def failing_playbook(run: TaskRun) -> int:
     run.log("fatal: [gpu01]: boom")
     return 1
 

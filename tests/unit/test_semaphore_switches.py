@@ -48,33 +48,34 @@ def test_enabled_alone_uses_the_files_machine_and_false_changes_nothing():
     assert off.services["myservice"].launcher.kind == "process"
 
 
-@pytest.mark.parametrize(("env", "data", "error"), [
-    ({"MYSERVICE_SEMAPHORE_ENABLED": "maybe"}, {},
+@pytest.mark.parametrize(("env", "on_gpu", "error"), [
+    ({"MYSERVICE_SEMAPHORE_ENABLED": "maybe"}, False,
      ("MYSERVICE_SEMAPHORE_ENABLED", "not a boolean: 'maybe' (true or false)")),
-    ({"MYSERVICE_SEMAPHORE_ENABLED": "true", "MYSERVICE_SEMAPHORE_MACHINE_ID": "aws-gpu"}, {},
+    ({"MYSERVICE_SEMAPHORE_ENABLED": "true", "MYSERVICE_SEMAPHORE_MACHINE_ID": "aws-gpu"}, False,
      ("MYSERVICE_SEMAPHORE_MACHINE_ID",
       "'aws-gpu' is no machine with Semaphore templates (declare it under machines with a "
       "`semaphore` block; machines with templates: aws-gpu-instance)")),
-    ({"MYSERVICE_SEMAPHORE_ENABLED": "true", "MYSERVICE_SEMAPHORE_MACHINE_ID": "plain"}, {},
+    ({"MYSERVICE_SEMAPHORE_ENABLED": "true", "MYSERVICE_SEMAPHORE_MACHINE_ID": "plain"}, False,
      ("MYSERVICE_SEMAPHORE_MACHINE_ID",
       "'plain' is no machine with Semaphore templates (declare it under machines with a "
       "`semaphore` block; machines with templates: aws-gpu-instance)")),
-    ({"MYSERVICE_SEMAPHORE_ENABLED": "true"}, {},
+    ({"MYSERVICE_SEMAPHORE_ENABLED": "true"}, False,
      ("MYSERVICE_SEMAPHORE_ENABLED",
       "set MYSERVICE_SEMAPHORE_MACHINE_ID to the machine whose Semaphore templates start "
       "myservice (machines with templates: aws-gpu-instance)")),
-    ({"MYSERVICE_SEMAPHORE_MACHINE_ID": "aws-gpu-instance"}, {},
+    ({"MYSERVICE_SEMAPHORE_MACHINE_ID": "aws-gpu-instance"}, False,
      ("MYSERVICE_SEMAPHORE_MACHINE_ID",
       "has no effect without MYSERVICE_SEMAPHORE_ENABLED=true")),
-    ({"MYSERVICE_SEMAPHORE_ENABLED": "false"}, {"machine": "aws-gpu-instance", "launcher": None},
+    ({"MYSERVICE_SEMAPHORE_ENABLED": "false"}, True,
      ("MYSERVICE_SEMAPHORE_ENABLED",
       "false, but the file starts myservice through Semaphore; change the file instead")),
 ])
-def test_a_bad_switch_is_a_configuration_error_naming_the_variable(env, data, error):
-    service = {k: v for k, v in data.items() if v is not None}
-    document = raw(**service)
-    if data.get("launcher", "") is None:
-        del document["services"]["myservice"]["launcher"]
+def test_a_bad_switch_is_a_configuration_error_naming_the_variable(env, on_gpu, error):
+    document = raw()
+    if on_gpu:  # the file itself puts the service on the machine's templates
+        service = document["services"]["myservice"]
+        del service["launcher"]
+        service["machine"] = "aws-gpu-instance"
     with pytest.raises(ConfigError) as caught:
         parse_config(document, env={"SEMAPHORE_BASE_URL": "http://s",
                                     "SEMAPHORE_API_TOKEN": "t" * 44, **env})
