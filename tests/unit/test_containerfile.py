@@ -109,6 +109,7 @@ def test_the_volume_is_the_data_dir_of_the_shipped_configuration(
     _, image = build_and_image()
     [volume] = image.one("VOLUME").exec_form()
     _, home = home_of_the_user()
+    assert f"HOME={home}" in [env.rest for env in image.all("ENV")]
     monkeypatch.setenv("HOME", home)  # `~` in data_dir is the image user's home
     assert load_config(ROOT / "hestia.yml", env={"HOME": home}).data_dir == Path(volume)
     # Created private and owned by the user, so a new named volume starts out that way.
