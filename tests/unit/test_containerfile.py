@@ -16,7 +16,14 @@ import pytest
 
 from hestia.config import load_config
 from hestia.http.app import create_app
-from tests.containerfile import CONTAINERFILE, ROOT, Stage, mount_options, stages
+from tests.containerfile import (
+    CONTAINERFILE,
+    ROOT,
+    Stage,
+    in_build_context,
+    mount_options,
+    stages,
+)
 
 
 def build_and_image() -> tuple[Stage, Stage]:
@@ -134,3 +141,11 @@ def test_every_ignored_hadolint_rule_is_explained() -> None:
         above = lines[max(0, number - 4):number]
         for rule in rules:
             assert any(rule.strip() in comment for comment in above), (rule, number + 1)
+
+
+def test_the_build_context_holds_the_package_and_nothing_of_the_work_tree() -> None:
+    assert in_build_context("pyproject.toml") and in_build_context("README.md")
+    assert in_build_context("src/hestia/http/web/static/dashboard.js")
+    for left_out in (".venv", ".git", "tests/unit/test_compose.py", "hestia.yml", ".env",
+                     "src/hestia.egg-info/PKG-INFO", "src/hestia/__pycache__/cli.pyc"):
+        assert not in_build_context(left_out), left_out
