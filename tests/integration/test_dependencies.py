@@ -6,14 +6,17 @@ once `db` serves, as a real dependent would.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
 import trio
 
 from hestia import Gateway
+from hestia.http.openapi import openapi_document
 
 from .conftest import UPSTREAM_APP, alive, client, free_port, upstream_service, wait_for_state
+from .test_openapi import Spec
 
 NEEDS_DB = ("import os, sys, urllib.request\n"
             "try:\n"
@@ -98,3 +101,22 @@ async def test_a_dependency_that_cannot_start_fails_its_dependent_with_its_name(
             "'app' was not started: its dependency 'db' failed to start: 'db' failed to start")
         assert gateway.supervisors["app"].starts == 1
         assert gateway.supervisors["app"].pid is None
+
+
+async def test_status_of_a_schedule_and_a_dependency_matches_the_document(start_gateway):
+    spec = Spec(copy.deepcopy(openapi_document()))
+    with trio.fail_after(60):
+        both = services(idle_timeout="5m")
+        # Open all week: started at boot, with its dependency.
+        both["app"]["keep_warm"] = {"schedule": ["daily 00:00-24:00"], "timezone": "UTC"}
+        gateway = await start_gateway(services=both)
+        await wait_for_state(gateway, "app", "READY")
+        async with client(gateway) as http:
+            app = spec.check(await http.get("/v1/services/app/status"), 200)
+            db = spec.check(await http.get("/v1/services/db/status"), 200)
+        assert app["keepWarm"] is True
+        assert app["keepWarmSchedule"] == {
+            "schedule": ["daily 00:00-24:00"], "timezone": "UTC", "leadS": 20.0, "open": True,
+            "nextChangeAt": None, "nextChangeInS": None}
+        assert (app["dependsOn"], app["heldBy"]) == (["db"], [])
+        assert (db["keepWarm"], db["keepWarmSchedule"], db["heldBy"]) == (True, None, ["app"])
