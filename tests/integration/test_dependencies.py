@@ -94,6 +94,7 @@ async def test_a_dependency_that_cannot_start_fails_its_dependent_with_its_name(
         async with client(gateway) as http:
             response = await http.get("/services/app/echo")
         assert response.status_code == 503
+        assert int(response.headers["retry-after"]) >= 1
         body = response.json()
         assert (body["error"], body["reason"], body["dependency"]) == (
             "start_failed", "dependency_failed", "db")

@@ -163,7 +163,7 @@ class Warmth:
         for name in self.config.depends_on:
             peer = self._peers.get(name)
             if peer is None:
-                return self._dependency_failed(name, f"{name!r} is not configured")
+                return self._dependency_failed(name, f"{name!r} is not configured", None)
             ended_before = peer.starts_ended
             self._holding.append(name)
             peer.hold(self.name)
@@ -171,13 +171,14 @@ class Warmth:
                 await peer.wait_change()
             if outcome is not None:
                 assert isinstance(outcome, GatewayError)
-                return self._dependency_failed(name, outcome.detail)
+                return self._dependency_failed(name, outcome.detail, outcome.retry_after)
         return None
 
-    def _dependency_failed(self, name: str, detail: str) -> GatewayError:
+    def _dependency_failed(self, name: str, detail: str,
+                           retry_after: float | None) -> GatewayError:
         error = StartFailed(f"{self.name!r} was not started: its dependency {name!r} failed to "
                             f"start: {detail}", service=self.name, reason="dependency_failed",
-                            dependency=name)
+                            dependency=name, retry_after=max(1.0, retry_after or 1.0))
         log.error("backend_start_failed", service=self.name, detail=error.detail,
                   dependency=name)
         self._emit("start_failed", detail=error.detail, attempts=0, cancelled=False,
