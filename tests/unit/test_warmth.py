@@ -295,3 +295,42 @@ async def test_a_dependency_held_by_a_dependent_is_not_evicted(nursery, autojump
     await at(103.1)  # app stopped at 102; db, idle, is evicted; other ready a second later
     assert granted == [103.0]
     assert db.state is State.COLD
+
+
+async def test_dependencies_are_looked_up_by_id_when_a_start_begins(nursery, autojump_clock):
+    # What a live reload does: the entry for `db` is replaced, or removed, at runtime.
+    peers: dict[str, Supervisor] = {}
+    old = make("db", FakeLauncher(start_s=1), peers)
+    app = make("app", FakeLauncher(start_s=1), peers, depends_on=["db"],
+               startup={"cooldown": 0})
+    new_launcher = FakeLauncher(start_s=2)
+    new = make("db", new_launcher, peers)
+    for sup in (old, app, new):
+        await nursery.start(sup.run)
+    async with app.lease():
+        assert trio.current_time() == 3.0
+    assert new_launcher.starts == [0.0] and old.state is State.COLD
+    assert new.held_by == ["app"]
+    app.request_stop()
+    await at(10)
+    del peers["db"]
+    with pytest.raises(StartFailed) as caught:
+        async with app.lease():
+            pass
+    assert caught.value.detail == ("'app' was not started: its dependency 'db' failed to "
+                                   "start: 'db' is not configured")
+
+
+async def test_across_the_spring_change_the_window_opens_at_the_same_wall_time(
+        nursery, autojump_clock):
+    # Virtual 0 is Saturday 2026-03-28 00:00 in Berlin (CET); the clocks go forward that night.
+    base = datetime(2026, 3, 28, 0, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    launcher = FakeLauncher(start_s=1)
+    keep_warm = {"schedule": ["daily 08:00-09:00"], "timezone": "Europe/Berlin", "lead": "0s"}
+    sup = Supervisor("echo", service(keep_warm=keep_warm, idle_timeout=60), launcher,
+                     FakeProbe(launcher), now=lambda: base + trio.current_time())
+    await nursery.start(sup.run)
+    await at(60 * HOUR)
+    # Saturday 08:00 CET, then Sunday 08:00 CEST: 23 hours later, not 24.
+    assert launcher.starts == [8 * HOUR, 31 * HOUR, 55 * HOUR]
+    assert launcher.stop_calls == [9 * HOUR + 60, 32 * HOUR + 60, 56 * HOUR + 60]
