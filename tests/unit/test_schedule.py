@@ -9,7 +9,7 @@ import pytest
 
 from hestia.config import parse_config
 from hestia.errors import ConfigError
-from hestia.schedule import Schedule, parse_window
+from hestia.schedule import Schedule, local_zone_name, parse_window
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -248,3 +248,12 @@ def test_posix_times_in_and_out():
     monday_eight = local(BERLIN, 2026, 11, 30, 8).timestamp()
     assert WORK.at(monday_eight - 1) == (False, monday_eight)
     assert WORK.at(monday_eight) == (True, monday_eight + 10 * 3600)
+
+
+def test_the_default_zone_is_the_one_tz_names(monkeypatch):
+    monkeypatch.setenv("TZ", ":America/New_York")
+    assert local_zone_name() == "America/New_York"
+    service = {"upstream": "http://127.0.0.1:9", "launcher": {"process": {"command": ["x"]}},
+               "keep_warm": {"schedule": ["Mon 08:00-09:00"]}}
+    config = parse_config({"services": {"x": service}}, env={})
+    assert config.services["x"].keep_warm.timezone == "America/New_York"
