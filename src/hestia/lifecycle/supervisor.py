@@ -68,8 +68,7 @@ class Supervisor(HoldQueue, Warmth):
                  group: Group | None = None, backend: str = "default",
                  drain_timeout: float = 10.0, events: EventBus | None = None,
                  peers: Mapping[str, Peer] | None = None,
-                 now: Callable[[], float] | None = None) -> None:
-        """`peers`: every supervisor by id (warmth.py); `now`: the schedule's wall clock."""
+                 now: Callable[[], float] | None = None) -> None:  # both: warmth.py
         self.name = name  # the backend's id: the service's, or `<service>@<backend>`
         self.backend = backend
         self.service = name.partition("@")[0]  # what clients address (`HESTIA_SERVICE`)

@@ -8,12 +8,14 @@ A backend is *held* while something other than a request needs it up: `"schedule
 that `depends_on` it from the moment that one begins to start until it is COLD (or FAILED)
 again. A held backend is treated as `keep_warm`: started when COLD, never stopped for idleness
 nor evicted from its group, restarted after a crash. When the last hold goes, its idle timer
-counts from that moment (or from its last request, if one is in flight): a window's close and
+counts from that moment (or from the end of a request still in flight): a window's close and
 a dependent's stop count as its last use.
 
-Supervisors find each other by id, at the time they need to, in the `peers` mapping the
-gateway builds (`build_supervisors`): a mapping whose entries may be replaced at runtime, so no
-supervisor holds a reference to another one.
+`Supervisor(…, peers=…, now=…)`: `now` is the wall clock the schedule is read against (POSIX
+seconds, default `time.time`; tests map it onto trio's virtual clock). Supervisors find each
+other by id, at the time they need to, in `peers`, the mapping the gateway builds
+(`build_supervisors`): its entries may be replaced at runtime, so no supervisor holds a
+reference to another one.
 
 Dependencies start in the order `depends_on` lists them, each READY before the next begins and
 before the backend's own start; one that fails fails this start (`StartFailed`, reason
