@@ -23,7 +23,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, get_origin
+from typing import Annotated, Any, Protocol, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -315,7 +315,88 @@ def reference_errors(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         if isinstance(groups, Mapping) and isinstance(group, str) and group not in groups:
             errors.append((backend_path(f"services.{sid}.group"),
                            f"unknown group {group!r} (declare it under groups)"))
-    return errors + _semaphore_errors(data, services)
+    return errors + _dependency_errors(data, services) + _semaphore_errors(data, services)
+
+
+def _dependency_errors(data: Mapping[str, Any],
+                       services: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    """`depends_on`: every name a backend of this configuration (a service with `backends`
+    is named by one of them, `llm@big`), no cycle, and no chain that its exclusive group could
+    never hold at once."""
+    errors: list[tuple[str, str]] = []
+    graph: dict[str, list[str]] = {}
+    for sid, service in services.items():
+        deps = service.get("depends_on") if isinstance(service, Mapping) else None
+        if not isinstance(deps, list):
+            continue  # absent, or the model reports its type
+        graph[sid] = []
+        for index, name in enumerate(deps):
+            path = backend_path(f"services.{sid}.depends_on[{index}]")
+            if not isinstance(name, str) or name in services:
+                graph[sid] += [name] if isinstance(name, str) else []
+                continue
+            backends = sorted(str(k) for k in services
+                              if str(k).startswith(f"{name}{BACKEND_SEPARATOR}"))
+            if backends:
+                errors.append((path, f"{name!r} has several backends: name one of "
+                                     f"{', '.join(backends)}"))
+                continue
+            close = difflib.get_close_matches(name, [str(k) for k in services], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append((path, f"unknown service {name!r}{hint}"))
+    reported: set[frozenset[str]] = set()
+    for sid in graph:
+        cycle = _cycle_from(sid, graph)
+        if cycle is not None and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            errors.append((backend_path(f"services.{sid}.depends_on"),
+                           f"dependency cycle: {' → '.join(cycle)}"))
+    if not reported:
+        errors += _group_errors(data, services, graph)
+    return errors
+
+
+def _cycle_from(start: str, graph: Mapping[str, list[str]]) -> list[str] | None:
+    """A path of `depends_on` from `start` back to `start` (`a → b → a`), if there is one."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for dep in graph.get(node, []):
+            if dep == start:
+                return [*path, start]
+            if dep not in seen:
+                seen.add(dep)
+                stack.append((dep, [*path, dep]))
+    return None
+
+
+def _group_errors(data: Mapping[str, Any], services: Mapping[Any, Any],
+                  graph: Mapping[str, list[str]]) -> list[tuple[str, str]]:
+    """A backend and the dependencies it keeps up, in one group that runs fewer at once: its
+    start would wait for a slot its own dependencies hold."""
+    groups = _mapping(data.get("groups"))
+    errors: list[tuple[str, str]] = []
+    for sid in graph:
+        chain, todo = {sid}, list(graph[sid])
+        while todo:
+            dep = todo.pop()
+            if dep not in chain:
+                chain.add(dep)
+                todo += graph.get(dep, [])
+        by_group: dict[str, list[str]] = {}
+        for member in sorted(chain):
+            group = _mapping(services.get(member)).get("group")
+            if isinstance(group, str):
+                by_group.setdefault(group, []).append(member)
+        for group, members in by_group.items():
+            limit = _mapping(groups.get(group)).get("max_running", 1)
+            if sid in members and isinstance(limit, int) and len(members) > limit:
+                errors.append((backend_path(f"services.{sid}.depends_on"),
+                               f"{', '.join(members)} run together but group {group!r} runs "
+                               f"at most {limit} at once (raise its max_running, or move a "
+                               "dependency out of it)"))
+    return errors
 
 
 def _semaphore_errors(data: Mapping[str, Any],
@@ -359,6 +440,8 @@ def submodel(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
+        if get_origin(arg) is Annotated:  # a tagged union's member (`keep_warm`)
+            arg = get_args(arg)[0]
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
     return None

@@ -118,7 +118,9 @@ def build_supervisors(config: Config, machines: Machines | None = None,
             backend=name.partition(BACKEND_SEPARATOR)[2] or "default",
             fallbacks=fallbacks, machines=machines,
             group=groups[service.group] if service.group is not None else None,
-            drain_timeout=config.grace_period, events=events)
+            drain_timeout=config.grace_period, events=events,
+            # Looked up by id when needed, never held: an entry replaced later is what counts.
+            peers=supervisors)
     return supervisors
 
 

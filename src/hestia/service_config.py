@@ -10,18 +10,29 @@ layer may depend on it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ByteSize,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from .launch_config import Duration, LauncherConfig, Upstream, _Model
+from .schedule import Schedule, local_zone_name, parse_window, zone
 
 __all__ = [
     "HOST_NAME",
     "ActivityConfig",
     "ActivityIgnoreConfig",
     "HealthConfig",
+    "KeepWarmConfig",
     "LimitsConfig",
     "PlacementConfig",
     "QueueConfig",
@@ -165,6 +176,44 @@ class HealthConfig(_Model):
     failures: int = Field(default=3, ge=1)
 
 
+def _window(text: str) -> str:
+    parse_window(text)
+    return text
+
+
+def _zone(name: str) -> str:
+    zone(name)
+    return name
+
+
+class KeepWarmConfig(_Model):
+    """`keep_warm` by the clock: warm inside the `schedule`'s windows (and `lead` before each
+    opens), on demand outside them (docs/operations.md, Schedules)."""
+
+    schedule: list[Annotated[str, AfterValidator(_window)]] = Field(min_length=1)
+    """Windows, each `[days] HH:MM-HH:MM`: `Mon-Fri 08:00-18:00`, `Sat,Sun 10:00-14:00`,
+    `daily 22:00-02:00` (crossing midnight), `Fri 18:00-24:00`."""
+    timezone: Annotated[str, AfterValidator(_zone)] = Field(default_factory=local_zone_name)
+    """The IANA zone the windows are read in (default: this machine's, else UTC)."""
+    lead: Duration | None = Field(default=None, ge=0, le=86400)
+    """Start this long before a window opens (default: the service's `readiness.timeout`, the
+    longest a start that succeeds can take, so the backend is READY when the window opens)."""
+
+    def parsed(self, default_lead: float) -> Schedule:
+        return Schedule.parse(self.schedule, self.timezone,
+                              default_lead if self.lead is None else self.lead)
+
+
+def _keep_warm_kind(value: Any) -> str:
+    return "schedule[keep_warm]" if isinstance(value, dict | KeepWarmConfig) else "bool[keep_warm]"
+
+
+# The tags hold "[" so that error paths leave them out, as they leave out pydantic's own steps.
+KeepWarm = Annotated[Annotated[bool, Tag("bool[keep_warm]")]
+                     | Annotated[KeepWarmConfig, Tag("schedule[keep_warm]")],
+                     Discriminator(_keep_warm_kind)]
+
+
 class _HasUpstream(_Model):
     upstream: Upstream
     """Base URL of the running service, `http://host:port` (https works too). When it is on
@@ -242,9 +291,13 @@ class ServiceConfig(_HasUpstream):
     readiness: ReadinessConfig = ReadinessConfig()
     idle_timeout: Duration = 300.0
     """Stop after this long without a request in flight (default 5m; 0 never idle-stops)."""
-    keep_warm: bool = False
-    """Start at boot, never stop for idleness (whatever `idle_timeout` says), and start again
-    after a crash or a failed start (with the `startup` backoff after repeated failures)."""
+    keep_warm: KeepWarm = False
+    """`true`: start at boot, never stop for idleness (whatever `idle_timeout` says), and start
+    again after a crash or a failed start (with the `startup` backoff after repeated failures).
+    `{schedule: [...], timezone, lead}`: the same inside the schedule's windows only."""
+    depends_on: list[str] = []
+    """Services started (each READY in turn) before this one, kept up while it is, and
+    stopped only after it (docs/configuration.md, Dependencies)."""
     max_connections: int = Field(default=32, ge=0)
     """Requests in flight to this backend at once (default 32; 0: no cap); the others wait in
     the hold queue, in order, within `queue.timeout`. An open WebSocket counts only until its
@@ -266,6 +319,18 @@ class ServiceConfig(_HasUpstream):
     hosts: list[str] = []
     """Host names that reach this service with the path unchanged, besides
     `<id>.<service_domain>` (matched case-insensitively, port ignored)."""
+
+    @property
+    def always_warm(self) -> bool:
+        """`keep_warm: true` (not a schedule)."""
+        return self.keep_warm is True
+
+    @property
+    def warm_schedule(self) -> Schedule | None:
+        """`keep_warm`'s schedule, if it has one."""
+        if isinstance(self.keep_warm, KeepWarmConfig):
+            return self.keep_warm.parsed(self.readiness.timeout)
+        return None
 
     @field_validator("hosts")
     @classmethod

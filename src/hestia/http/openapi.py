@@ -148,11 +148,26 @@ SCHEMAS: dict[str, Schema] = {
         "nextAttemptInS": {**_or_null({"type": "number", "minimum": 0}),
                            "description": "the same, in seconds from now"},
         "group": _or_null(STR), "idleTimeoutS": {"type": "number", "minimum": 0},
-        "keepWarm": BOOL, "pid": _or_null(INT), "logTail": STRINGS,
+        "keepWarm": {**BOOL, "description": "kept up now whatever the idle timer says: "
+                     "`keep_warm: true`, an open schedule window, or a dependent that is up"},
+        "keepWarmSchedule": {"anyOf": [_ref("KeepWarmSchedule"), {"type": "null"}]},
+        "dependsOn": {**STRINGS, "description": "`depends_on`: started first, in order"},
+        "heldBy": {**STRINGS, "description": "the services depending on this one that are up "
+                   "or starting: it stays up while they are"},
+        "pid": _or_null(INT), "logTail": STRINGS,
         "starts": {**COUNT, "description": "starts begun, each once whatever its attempts "
                    "(failed ones too), across Hestia's restarts"},
         "automation": _ref("Automation"),
     }, closed=True),
+    "KeepWarmSchedule": _object({
+        "schedule": {**STRINGS, "description": "the windows, as written"},
+        "timezone": STR, "leadS": {"type": "number", "minimum": 0},
+        "open": {**BOOL, "description": "the schedule holds the backend up now (its lead "
+                 "before a window included)"},
+        "nextChangeAt": {**_or_null(TIME), "description": "when `open` changes next (null: "
+                         "never)"},
+        "nextChangeInS": _or_null({"type": "number", "minimum": 0}),
+    }, closed=True, description="`keep_warm` by the clock."),
     "TaskRecord": _object({**_TASK, **_TASK_DONE}, closed=True,
                           description="A Semaphore task Hestia ran."),
     "CurrentTask": _object({**_TASK, "error": _or_null(STR)}, closed=True,

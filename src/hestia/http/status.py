@@ -45,13 +45,29 @@ def service_status(sup: Supervisor) -> dict[str, Any]:
         "nextAttemptInS": None if next_in is None else round(next_in, 3),
         "group": sup.group.name if sup.group is not None else None,
         "idleTimeoutS": sup.config.idle_timeout,
-        "keepWarm": sup.config.keep_warm,
+        "keepWarm": sup.warm,
+        "keepWarmSchedule": _schedule_status(sup),
+        "dependsOn": list(sup.config.depends_on),
+        "heldBy": sup.held_by,
         "pid": running.pid if running is not None else None,
         "starts": sup.starts,
         "logTail": running.log_tail(LOG_TAIL_LINES) if running is not None else
         (sup.last_error or {}).get("log_tail", []),
         "automation": automation_status(sup),
     }
+
+
+def _schedule_status(sup: Supervisor) -> dict[str, Any] | None:
+    """`keep_warm`'s schedule as written, whether it holds the backend up now (`lead` before
+    a window included), and when that changes next (null: never)."""
+    keep_warm = sup.config.keep_warm
+    now = sup.schedule_status()
+    if now is None or isinstance(keep_warm, bool):
+        return None
+    change = now["next_change"]
+    return {"schedule": list(keep_warm.schedule), "timezone": keep_warm.timezone,
+            "leadS": now["lead"], "open": now["open"], "nextChangeAt": iso_time(change),
+            "nextChangeInS": None if change is None else round(now["next_change_in"], 3)}
 
 
 def automation_status(sup: Supervisor) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A member holds a slot from the moment its start begins until it is COLD (or FAILED) again. A
 start in a full group waits for a slot; while it waits, the least recently used member that is
-READY, idle (no request in flight) and not `keep_warm` is asked to stop ("evicted"). A member
+READY, idle (no request in flight) and not kept warm (`keep_warm`, an open schedule window, a
+dependent that is up: `Supervisor.warm`) is asked to stop ("evicted"). A member
 that is busy is never cut off: the start waits until it is idle, within the waiting requests'
 own queue deadlines. Requests for an evicted member wait in its queue and start it again later,
 which may in turn evict another: one GPU serving several models in turn.
@@ -33,6 +34,9 @@ class Member(Protocol):
 
     @property
     def busy(self) -> bool: ...
+
+    @property
+    def warm(self) -> bool: ...
 
     @property
     def stop_pending(self) -> str | None: ...
@@ -78,6 +82,6 @@ class Group:
 
     def _victim(self) -> Member | None:
         idle = [m for m in self.holders
-                if m.state is State.READY and not m.busy and not m.config.keep_warm
+                if m.state is State.READY and not m.busy and not m.warm
                 and m.stop_pending is None]
         return min(idle, key=lambda m: m.last_used or 0.0, default=None)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -53,19 +53,22 @@ from .leases import Lease, State
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, watch_health
 from .startup import STABLE_AFTER, Backoff, StartSequence
+from .warmth import Peer, Warmth
 
 __all__ = ["Lease", "State", "Supervisor"]
 
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(HoldQueue):
+class Supervisor(HoldQueue, Warmth):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
                  fallbacks: Sequence[Placement] = (), machines: Machines | None = None,
                  group: Group | None = None, backend: str = "default",
-                 drain_timeout: float = 10.0, events: EventBus | None = None) -> None:
+                 drain_timeout: float = 10.0, events: EventBus | None = None,
+                 peers: Mapping[str, Peer] | None = None,
+                 now: Callable[[], float] | None = None) -> None:  # both: warmth.py
         self.name = name  # the backend's id: the service's, or `<service>@<backend>`
         self.backend = backend
         self.service = name.partition("@")[0]  # what clients address (`HESTIA_SERVICE`)
@@ -87,6 +90,7 @@ class Supervisor(HoldQueue):
                                        emit=self._emit)
         self._backoff = Backoff(config.startup)
         HoldQueue.__init__(self, config.max_connections)
+        Warmth.__init__(self, peers, now)
         self._changed = trio.Event()
         self._running: Running | None = None
         self._exit: tuple[Running, int | None] | None = None
@@ -180,6 +184,7 @@ class Supervisor(HoldQueue):
         meanwhile wait for a fresh start. False when there is nothing to stop."""
         self._start_requested = False
         self._auto_start = False
+        self._stop_asked()
         if self.state is State.STARTING and self._start_scope is not None:
             self._start_scope.cancel()
             return True
@@ -223,8 +228,10 @@ class Supervisor(HoldQueue):
         if previous is not state:
             self._emit("state", state=state.name, previous=previous.name,
                        machine=self.placement.machine)
-        if self.group is not None and state in (State.COLD, State.FAILED):
-            self.group.release(self)
+        if state in (State.COLD, State.FAILED):
+            self._release_dependencies()
+            if self.group is not None:
+                self.group.release(self)
 
     def _crashed(self) -> UpstreamPool:
         """READY → COLD for a backend that exited by itself, in one step: no lease can be
@@ -278,7 +285,7 @@ class Supervisor(HoldQueue):
         if delay is not None:
             log.warning("restart_delayed", service=self.name, failures=self._backoff.failures,
                         delay_s=delay)
-        self._auto_start = self.config.keep_warm
+        self._auto_start = self.config.always_warm  # a held backend is wanted anyway
 
     # --- the owner's task ---------------------------------------------------------------------
 
@@ -286,8 +293,10 @@ class Supervisor(HoldQueue):
         """Own the backend until `close()`; a backend still running on the way out is stopped."""
         try:
             async with trio.open_nursery() as nursery:
-                if self.config.keep_warm:
+                if self.config.always_warm:
                     self._auto_start = True
+                if self.schedule is not None:
+                    nursery.start_soon(self._follow_schedule, self.schedule)
                 if self._adopted is not None:
                     self._idle_since = self._ready_at = trio.current_time()
                     nursery.start_soon(self._watch_exit, self._adopted)
@@ -308,7 +317,7 @@ class Supervisor(HoldQueue):
                 await self._shut_down()
                 return
             if self.state is State.COLD:
-                wanted = bool(self._waiters) or self._auto_start
+                wanted = bool(self._waiters) or self._auto_start or bool(self._holds)
                 retry_at = self._backoff.retry_at
                 if self._start_requested or (wanted and trio.current_time() >= retry_at):
                     await self._start(nursery)
@@ -344,9 +353,11 @@ class Supervisor(HoldQueue):
         self._starting.begin()
         began = trio.current_time()
         with trio.CancelScope() as self._start_scope:
-            if self.group is not None:
-                await self.group.acquire(self)
-            await self._starting.run(placements, self._use)
+            dependency_error = await self._start_dependencies()
+            if dependency_error is None:
+                if self.group is not None:
+                    await self.group.acquire(self)
+                await self._starting.run(placements, self._use)
         cancelled = self._start_scope.cancelled_caught
         self._start_scope = None
         # The backend, ready; or what an attempt cut short had started (stopped below).
@@ -355,7 +366,8 @@ class Supervisor(HoldQueue):
         duration = trio.current_time() - began
         if running is None or cancelled:
             self.history.end(None)
-            await self._start_failed(duration, cancelled=cancelled)
+            await self._start_failed(duration, cancelled=cancelled,
+                                     error=None if cancelled else dependency_error)
             return
         self.history.end(duration)
         self.last_start_duration = duration
@@ -375,18 +387,20 @@ class Supervisor(HoldQueue):
     def _use(self, placement: Placement) -> None:
         self.placement = placement  # the one tried now, and running once READY
 
-    async def _start_failed(self, duration: float, *, cancelled: bool) -> None:
+    async def _start_failed(self, duration: float, *, cancelled: bool,
+                            error: GatewayError | None = None) -> None:
         """Every attempt failed, or the start was cancelled: answer the waiters, in one step
         with the state. A process left by an attempt cut short is stopped after that step,
         in STOPPING: a request arriving meanwhile waits for a fresh start, not for this one's
         error."""
-        error = self._starting.failure(duration, cancelled=cancelled,
-                                       retry_after=self.retry_after())
+        error = error or self._starting.failure(duration, cancelled=cancelled,
+                                                retry_after=self.retry_after())
+        self._start_ended(error)
         self.last_error = {"at": time.time(), "error": error.code, "detail": error.detail,
                            **error.extra}
         retry = not cancelled and not self._closing
-        failed = retry and self._backoff.start_failed(keep_warm=self.config.keep_warm)
-        if self.config.keep_warm and retry:
+        failed = retry and self._backoff.start_failed(keep_warm=self.warm)
+        if self.config.always_warm and retry:
             self._auto_start = True
         running, self._running = self._running, None
         if running is not None:  # cut short in the middle of an attempt
@@ -432,7 +446,7 @@ class Supervisor(HoldQueue):
                 await self._stop(self._stop_requested)
                 return
             deadline = math.inf
-            idle_timeout = 0.0 if self.config.keep_warm else self.config.idle_timeout
+            idle_timeout = 0.0 if self.warm else self.config.idle_timeout
             if idle_timeout > 0 and not self._active:
                 deadline = self._idle_since + idle_timeout
                 if trio.current_time() >= deadline:
@@ -452,6 +466,7 @@ class Supervisor(HoldQueue):
         self._stop_requested = None
         self._set_state(State.STOPPING)
         began = trio.current_time()
+        await self._stop_dependents()
         if self._leases:
             with trio.move_on_after(self.drain_timeout):
                 while self._leases:
