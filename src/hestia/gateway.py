@@ -73,7 +73,8 @@ log = structlog.get_logger("hestia.gateway")
 # What hypercorn accepts as a request head when a service sets no header limit.
 HEADER_CAP = 1024 * 1024
 DB_NAME = "hestia.db"
-# An admin key for `hestia status|start|stop` on this machine, written (mode 0600) at each start.
+# An admin key for `hestia status|start|stop|reload` on this machine, written (mode 0600) at
+# each start.
 CLI_KEY_FILE = "cli.key"
 CLI_KEY_NAME = "hestia-cli"
 SAVE_EVERY_S = 30.0
