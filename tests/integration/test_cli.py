@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import httpx
 import trio
@@ -89,15 +90,66 @@ async def test_start_of_a_ready_service_and_stop_of_a_cold_one_succeed_and_say_s
     assert (asked.returncode, asked.stdout) == (0, "up: STARTING\n")  # without --wait: asked
 
 
-async def test_wait_follows_a_start_that_is_already_under_way(start_gateway):
-    gateway = await start_gateway(services={"slow": upstream_service("--start-delay", "2")})
-    url = ("--url", gateway.url)
+def gated(gate: Path) -> dict:
+    """A service whose backend starts listening only once the file `gate` exists."""
+    service = upstream_service()
+    command = service["launcher"]["process"]["command"]
+    service["launcher"]["process"]["command"] = [
+        "sh", "-c", f'while [ ! -e {gate} ]; do sleep 0.02; done; exec "$@"', "sh", *command]
+    return service
+
+
+async def relay(nursery: trio.Nursery, target: str, watched: bytes) -> tuple[str, trio.Event]:
+    """A TCP relay to `target` (host:port) on 127.0.0.1, and an event set once the answer to a
+    request starting with `watched` has begun to flow back."""
+    answered = trio.Event()
+    host, _, port = target.rpartition(":")
+
+    async def pump(source: trio.abc.Stream, sink: trio.abc.Stream, on_first=None) -> None:
+        try:
+            async for chunk in source:
+                if on_first is not None:
+                    on_first()
+                await sink.send_all(chunk)
+            await sink.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # one side went away (the CLI exited): the other is closed with it
+
+    async def connection(client_stream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream(host, int(port))
+        first = await client_stream.receive_some(65536)
+        await upstream.send_all(first)
+        watching = first.startswith(watched)
+        async with upstream, client_stream, trio.open_nursery() as pumps:
+            pumps.start_soon(pump, client_stream, upstream)
+            pumps.start_soon(pump, upstream, client_stream,
+                             answered.set if watching else None)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, connection, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", answered
+
+
+async def test_wait_follows_a_start_that_is_already_under_way(start_gateway, nursery, tmp_path):
+    gate = tmp_path / "gate"
+    gateway = await start_gateway(services={"slow": gated(gate)})
+    # The CLI talks through a relay, so that the gate opens only once its own start request
+    # was answered (409: already STARTING), whatever the time the CLI takes to get there.
+    url, answered = await relay(nursery, gateway.url.removeprefix("http://"),
+                                b"POST /v1/services/slow/start ")
+    result: list[subprocess.CompletedProcess[str]] = []
+
+    async def wait_for_it() -> None:
+        result.append(await hestia("start", "slow", "--wait", "--url", url))
+
     with trio.fail_after(60):
-        first = await hestia("start", "slow", *url)
-        assert gateway.supervisors["slow"].state.name == "STARTING"
-        waited = await hestia("start", "slow", "--wait", *url)
-        assert gateway.supervisors["slow"].state.name == "READY"
-    assert (first.returncode, first.stdout) == (0, "slow: STARTING\n")
+        first = await hestia("start", "slow", "--url", gateway.url)
+        assert (first.returncode, first.stdout) == (0, "slow: STARTING\n")
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(wait_for_it)
+            await answered.wait()
+            assert gateway.supervisors["slow"].state.name == "STARTING"
+            gate.touch()
+    [waited] = result
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout.startswith("slow: READY (started in ")
 
