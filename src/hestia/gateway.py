@@ -282,7 +282,7 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
                                                     events))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
                 systemd.ready()
-                task_status.started(Gateway(urls, supervisors, shutdown, events, systemd))
+                task_status.started(Gateway(urls, supervisors, shutdown, events, systemd=systemd))
         _save(store, supervisors)
         root.cancel_scope.cancel()
 

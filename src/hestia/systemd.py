@@ -117,10 +117,12 @@ class SystemdNotifier:
         return f"<SystemdNotifier {where} watchdog={self.watchdog_s}>"
 
     def notify(self, **fields: str) -> None:
-        """One datagram of `KEY=VALUE` lines, in the order given. Never raises."""
+        """One datagram of `KEY=VALUE` lines, in the order given; a value is put on one line (a
+        newline in it would start another assignment). Never raises."""
         if not self.enabled:
             return
-        message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        message = "\n".join(f"{key}={' '.join(value.split())}"
+                            for key, value in fields.items()).encode()
         try:
             if self._send is not None:
                 self._send(message)
@@ -238,8 +240,8 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[Inherite
     env.pop("LISTEN_FDNAMES", None)
     if not count or pid != str(os.getpid()):
         return []
-    if not count.isdigit() or int(count) < 1:
-        raise ConfigError([("LISTEN_FDS", f"{count!r} is not a number of sockets ≥ 1")],
+    if not count.isdigit():
+        raise ConfigError([("LISTEN_FDS", f"{count!r} is not a number of sockets")],
                           "socket activation")
     found, errors = [], []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):

@@ -156,10 +156,23 @@ async def test_a_failed_reload_still_ends_with_ready_and_says_so(nursery):
     with pytest.raises(ConfigError):
         async with notifier.reloading():
             raise ConfigError([("services.x", "bad")], "hestia.yml")
-    assert sink.messages()[-1].startswith("READY=1\nSTATUS=reload failed: hestia.yml: 1 error")
+    # The error's lines on one: a newline would start another assignment.
+    assert sink.messages()[-1] == ("READY=1\nSTATUS=reload failed: hestia.yml: 1 error(s) "
+                                   "services.x: bad; counts")
 
 
 def test_socket_activation_is_for_the_process_listen_pid_names():
     env = {"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDNAMES": "web"}
     assert listen_fds(env) == []
     assert env == {}  # removed either way: a backend must not take fd 3 as its own
+
+
+def test_a_listen_fds_that_is_no_number_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        listen_fds({"LISTEN_FDS": "three", "LISTEN_PID": str(os.getpid())})
+    assert caught.value.errors == [("LISTEN_FDS", "'three' is not a number of sockets")]
+
+
+def test_no_sockets_passed_means_none_served():
+    assert listen_fds({"LISTEN_FDS": "0", "LISTEN_PID": str(os.getpid())}) == []
+    assert listen_fds({}) == []
