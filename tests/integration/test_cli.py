@@ -316,3 +316,12 @@ async def test_a_refused_reload_exits_1_with_the_gateways_reason(start_gateway):
     assert answer.status_code >= 400
     assert (done.returncode, done.stdout, done.stderr) == (
         1, "", f"hestia: reload: {body['detail']} ({answer.status_code} {body['error']})\n")
+
+
+async def test_wait_gives_up_after_its_timeout_and_the_start_goes_on(start_gateway, tmp_path):
+    gateway = await start_gateway(services={"slow": gated(tmp_path / "never")})
+    with trio.fail_after(60):
+        waited = await hestia("start", "slow", "--wait", "--timeout", "1", "--url", gateway.url)
+    assert (waited.returncode, waited.stdout) == (1, "")
+    assert waited.stderr == "hestia: slow: not READY after 1s; the gateway goes on with it\n"
+    assert gateway.supervisors["slow"].state.name == "STARTING"
