@@ -1,4 +1,5 @@
-"""The `hestia` command: `serve`, `check`, `keys`, `status`, `start`, `stop`."""
+"""The `hestia` command: `serve`, `check`, `keys`, and (cli_remote.py) `status`, `start`, `stop`,
+`reload`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
 import trio
 
+from .cli_remote import add_commands, table
 from .config import (
     Config,
     RouteConfig,
@@ -23,7 +24,7 @@ from .config import (
 )
 from .defaults import DEMO_CONFIG
 from .errors import ConfigError
-from .gateway import CLI_KEY_FILE, DB_NAME, run
+from .gateway import DB_NAME, run
 from .http.auth import SCOPES, hash_key, new_key
 from .http.hypercorn_fixes import HypercornChanged
 from .observability import configure_logging
@@ -136,11 +137,11 @@ def _keys_list(args: argparse.Namespace) -> int:
         rows = store.keys()
     finally:
         store.close()
-    print(f"{'NAME':<20} {'SCOPE':<6} {'PREFIX':<10} {'CREATED':<20} {'LAST USED':<20} STATUS")
-    for row in rows:
-        print(f"{row['name']:<20} {row['scope']:<6} {row['prefix']:<10} "
-              f"{_when(row['created_at']):<20} {_when(row['last_used_at']):<20} "
-              f"{'revoked ' + _when(row['revoked_at']) if row['revoked_at'] else 'active'}")
+    print(table(("NAME", "SCOPE", "PREFIX", "CREATED", "LAST USED", "STATUS"),
+                [(row["name"], row["scope"], row["prefix"], _when(row["created_at"]),
+                  _when(row["last_used_at"]),
+                  "revoked " + _when(row["revoked_at"]) if row["revoked_at"] else "active")
+                 for row in rows]))
     return 0
 
 
@@ -160,52 +161,6 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _api(args: argparse.Namespace, method: str, path: str) -> httpx.Response:
-    """A request to the running gateway of the configuration, with its key."""
-    config, _ = _load(args.config)
-    host, _, port = config.listen.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-    headers = {}
-    key = os.environ.get("HESTIA_API_KEY") or _cli_key(config)
-    if key:
-        headers["X-API-Key"] = key
-    try:
-        return httpx.request(method, f"http://{host}:{port}{path}", headers=headers, timeout=10)
-    except httpx.TransportError as exc:
-        raise SystemExit(f"hestia: no gateway answers at {host}:{port}: {exc}") from None
-
-
-def _cli_key(config: Config) -> str | None:
-    try:
-        return (config.data_dir / CLI_KEY_FILE).read_text().strip()
-    except OSError:
-        return None
-
-
-def _status(args: argparse.Namespace) -> int:
-    response = _api(args, "GET", "/v1/services")
-    if response.status_code != 200:
-        print(f"hestia: {response.status_code}: {response.text}", file=sys.stderr)
-        return 1
-    services = response.json()["services"]
-    print(f"{'SERVICE':<20} {'STATE':<9} {'MACHINE':<12} {'IN FLIGHT':>9} {'WAITING':>7} "
-          "LAST USED")
-    for s in services:
-        print(f"{s['serviceId']:<20} {s['state']:<9} {s['machineId'] or '-':<12} "
-              f"{s['inFlight']:>9} {s['queuePending']:>7} {s['lastUsed'] or '-'}")
-    return 0
-
-
-def _start_or_stop(args: argparse.Namespace) -> int:
-    response = _api(args, "POST", f"/v1/services/{args.service}/{args.action}")
-    body = response.json()
-    if response.status_code == 202:
-        print(f"{args.service}: {body['state']}")
-        return 0
-    print(f"hestia: {body.get('detail', response.text)}", file=sys.stderr)
-    return 1
 
 
 def _one_line(error: ConfigError) -> str:
@@ -248,14 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     revoke.add_argument("-c", "--config", help="YAML configuration file")
     revoke.set_defaults(handler=_keys_revoke)
 
-    status = commands.add_parser("status", help="the services of the running gateway")
-    status.add_argument("-c", "--config", help="YAML configuration file")
-    status.set_defaults(handler=_status)
-    for action in ("start", "stop"):
-        command = commands.add_parser(action, help=f"{action} a service of the running gateway")
-        command.add_argument("service")
-        command.add_argument("-c", "--config", help="YAML configuration file")
-        command.set_defaults(handler=_start_or_stop, action=action)
+    add_commands(commands, _load)
 
     args = parser.parse_args(argv)
     if args.handler is not _serve:

@@ -5,6 +5,7 @@ run(config)                         root nursery
  ├─ store writer                    the one SQLite writer (hestia.store), fed by the event bus
  ├─ periodic save                   each service's last use, every 30 s and at the end
  ├─ webhooks                        one task per `notify` entry (notify.py)
+ ├─ systemd                         STATUS= and WATCHDOG=1 to NOTIFY_SOCKET (systemd.py)
  ├─ signal watcher                  SIGINT/SIGTERM/SIGHUP → graceful shutdown; a second → at once
  └─ backends nursery
       ├─ supervisor × service       each owns its backend (see lifecycle/supervisor.py)
@@ -63,6 +64,7 @@ from .routing.registry import Registry
 from .routing.router import Route, build_routes, load_registry
 from .semaphore.hub import SemaphoreHub
 from .store import Store, StoreError, open_error
+from .systemd import InheritedSocket, SystemdNotifier, listen_fds, status_line
 
 __all__ = ["Gateway", "build_supervisors", "run"]
 
@@ -71,7 +73,8 @@ log = structlog.get_logger("hestia.gateway")
 # What hypercorn accepts as a request head when a service sets no header limit.
 HEADER_CAP = 1024 * 1024
 DB_NAME = "hestia.db"
-# An admin key for `hestia status|start|stop` on this machine, written (mode 0600) at each start.
+# An admin key for `hestia status|start|stop|reload` on this machine, written (mode 0600) at
+# each start.
 CLI_KEY_FILE = "cli.key"
 CLI_KEY_NAME = "hestia-cli"
 SAVE_EVERY_S = 30.0
@@ -85,6 +88,8 @@ class Gateway:
     supervisors: dict[str, Supervisor]
     _shutdown: trio.Event = field(repr=False)
     events: EventBus = field(default_factory=EventBus, repr=False)
+    # `async with gateway.systemd.reloading(): …` around a reload (Type=notify-reload).
+    systemd: SystemdNotifier = field(default_factory=SystemdNotifier, repr=False)
 
     @property
     def url(self) -> str:
@@ -124,9 +129,12 @@ def build_supervisors(config: Config, machines: Machines | None = None,
     return supervisors
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
+def _hypercorn_config(config: Config,
+                      inherited: list[InheritedSocket] | None = None) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = [config.listen]
+    # Socket activation: the sockets systemd passed (fd://N, which hypercorn serves as they
+    # are), in place of binding `listen`.
+    hc.bind = [s.bind for s in inherited] if inherited else [config.listen]
     hc.accesslog = None  # Hestia logs each request itself, with its request id
     hc.errorlog = logging.getLogger("hypercorn.error")  # rendered like Hestia's own events
     hc.graceful_timeout = config.grace_period
@@ -163,11 +171,19 @@ async def run(config: Config, *, handle_signals: bool = True,
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
     # First, before anything starts: a hypercorn whose internals changed stops the start here.
     hypercorn_fixes.apply()
+    # Read (and removed from the environment) before any backend can inherit them.
+    inherited = listen_fds()
+    systemd = SystemdNotifier.from_environ()
     for path, warning in upstream_warnings(config):
         log.warning("upstream_shared", path=path, detail=warning)
-    if not _is_loopback(config.listen):
+    listen = ", ".join(s.address for s in inherited) or config.listen
+    if inherited:
+        log.info("socket_activated", sockets=[s.address for s in inherited],
+                 fds=[s.fd for s in inherited],
+                 detail=f"serving on the sockets systemd passed; {config.listen} is not bound")
+    if not (all(s.loopback for s in inherited) if inherited else _is_loopback(config.listen)):
         if not config.auth.enabled:
-            log.warning("listening_beyond_loopback", listen=config.listen,
+            log.warning("listening_beyond_loopback", listen=listen,
                         detail="auth is off: anyone who can reach this address can use every "
                                "service and the whole API; set auth.enabled and make keys "
                                "with `hestia keys create`")
@@ -176,7 +192,8 @@ async def run(config: Config, *, handle_signals: bool = True,
     try:
         if semaphore is not None:
             await _check_templates(semaphore)
-        await _run(config, events, semaphore, handle_signals, task_status)
+        await _run(config, events, semaphore, handle_signals, task_status,
+                   systemd=systemd, inherited=inherited)
     finally:
         if semaphore is not None:
             with trio.CancelScope(shield=True):
@@ -196,7 +213,8 @@ async def _check_templates(semaphore: SemaphoreHub) -> None:
 
 
 async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
-               handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
+               handle_signals: bool, task_status: trio.TaskStatus[Gateway], *,
+               systemd: SystemdNotifier, inherited: list[InheritedSocket]) -> None:
     machines = Machines(config)
     supervisors = build_supervisors(config, machines, semaphore, events)
     registry = load_registry(config.strategies_dir)
@@ -211,7 +229,7 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
         if config.auth.enabled:
             _write_cli_key(store, config)
         await _serve_all(config, events, store, machines, supervisors, routes, registry,
-                         handle_signals, task_status)
+                         handle_signals, task_status, systemd=systemd, inherited=inherited)
     finally:
         store.close()
 
@@ -219,7 +237,8 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
 async def _serve_all(config: Config, events: EventBus, store: Store, machines: Machines,
                      supervisors: dict[str, Supervisor], routes: dict[str, Route],
                      registry: Registry, handle_signals: bool,
-                     task_status: trio.TaskStatus[Gateway]) -> None:
+                     task_status: trio.TaskStatus[Gateway], *, systemd: SystemdNotifier,
+                     inherited: list[InheritedSocket]) -> None:
     metrics = Metrics(supervisors)
     events.add_listener(metrics.listen)
     events.add_listener(store.record_event)
@@ -237,6 +256,10 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
             await root.start(route.run)
         if config.notify:
             await root.start(Notifier(config.notify, events).run)
+        events.add_listener(lambda event: systemd.status_changed()
+                            if event.kind == "state" else None)
+        await root.start(partial(systemd.run, lambda: status_line(supervisors.values()),
+                                 shutdown))
         # The signal watcher outlives the forced stop, so that a third signal cannot kill
         # Hestia while its backends are being stopped.
         with trio.CancelScope() as stop_now:
@@ -255,11 +278,13 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
                 with trio.CancelScope(shield=True):
                     for supervisor in supervisors.values():
                         await backends.start(supervisor.run)
-                urls = await backends.start(partial(_serve, app, _hypercorn_config(config),
+                urls = await backends.start(partial(_serve, app,
+                                                    _hypercorn_config(config, inherited),
                                                     shutdown, list(supervisors.values()),
                                                     events))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
-                task_status.started(Gateway(urls, supervisors, shutdown, events))
+                systemd.ready()
+                task_status.started(Gateway(urls, supervisors, shutdown, events, systemd=systemd))
         _save(store, supervisors)
         root.cancel_scope.cancel()
 
