@@ -11,6 +11,7 @@ end, with `hestia serve` killed for real: tests/integration/test_remote_recovery
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,18 @@ class Cuttable(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.cut = False
+        # Killed the moment Semaphore has handled a request `kill_after` matches.
+        self.kill_after: Callable[[httpx.Request], bool] = lambda request: False
+        self.kill: Callable[[], None] = lambda: None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.cut:
             raise httpx.ConnectError("killed", request=request)
-        return await self.inner.handle_async_request(request)
+        response = await self.inner.handle_async_request(request)
+        if self.kill_after(request):
+            self.kill()
+            raise httpx.ConnectError("killed", request=request)
+        return response
 
 
 class Hestia:
@@ -58,6 +66,7 @@ class Hestia:
                if configured else {}}
         self.config = parse_config({**raw, "data_dir": str(tmp_path)}, env={})
         self.transport = Cuttable(httpx.ASGITransport(app=standin.app))
+        self.transport.kill = self.kill
         self.hub = SemaphoreHub(self.config, transport=self.transport)
         self.journal = self.hub.journal
         self.journal.attach(store, (owner, None, None))  # no start time: never "in use"
@@ -222,6 +231,31 @@ async def test_killed_while_the_start_task_runs_the_next_waits_for_it_and_adopts
     events = [e for e in logs if e["event"].startswith("remote_backend")]
     assert [(e["event"], e["reason"] if "reason" in e else None) for e in events] == [
         ("remote_backend_adopted_after_restart", None)]
+
+
+async def test_killed_before_it_journaled_its_start_task_the_next_finds_and_follows_it(
+        standin, store, tmp_path, nursery, autojump_clock):
+    service = Service()
+    scene(standin, service)
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER,
+                   on_restart="adopt")
+    # Semaphore created the task; the answer never reached the journal.
+    first.transport.kill_after = lambda request: (request.method == "POST"
+                                                  and request.url.path.endswith("/tasks"))
+    await run_until_killed(first, nursery, at=1.0)
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER,
+                    on_restart="adopt")
+    assert stages(second) == [("starting", None, None)]
+    with capture_logs() as logs:
+        second.recover()
+        await nursery.start(second.sup.run)
+        await second.sup.wait_until(State.READY)
+    # Found at 1 and polled from then on: dequeued at 5, up at 8.5, seen at 9.
+    assert trio.current_time() == 9.0
+    assert len(standin.tasks) == 1
+    assert [(e["event"], e.get("task_id")) for e in logs if e["event"] in (
+        "remote_task_found", "remote_backend_adopted_after_restart")] == [
+        ("remote_task_found", 1), ("remote_backend_adopted_after_restart", 1)]
 
 
 async def test_killed_after_ready_the_next_adopts_it_with_a_fresh_idle_timer(

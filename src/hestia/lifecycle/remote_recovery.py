@@ -39,8 +39,9 @@ A row whose writer still runs (two gateways on one `data_dir`) is left alone
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -52,8 +53,10 @@ from ..config import Config, SemaphoreLauncherConfig
 from ..launchers.base import LaunchContext, Running
 from ..launchers.registry import boot_id, fingerprint, is_alive
 from ..launchers.semaphore import SemaphoreLauncher, TaskFailed
+from ..semaphore.client import SemaphoreError
 from ..semaphore.hub import SemaphoreHub
-from ..semaphore.journal import RemoteJournal, RemoteRow
+from ..semaphore.journal import FINISHED, RemoteJournal, RemoteRow
+from ..semaphore.tasks import TemplateError
 from .leases import State
 from .placement import Placement
 from .readiness import poll_until
@@ -161,9 +164,11 @@ async def _settle(row: RemoteRow, supervisor: Supervisor | None, hub: SemaphoreH
         return None
     adoptable = (may_adopt and placement is not None and supervisor is not None
                  and supervisor.config.on_restart == "adopt")
-    decision = decide(row, adoptable, why_not)
     context = LaunchContext(row.service.partition("@")[0], row.backend, row.upstream, row.port,
                             row.machine)
+    if row.stage == "starting" and row.task_id is None:
+        row = await _unrecorded_task(row, launcher, context)
+    decision = decide(row, adoptable, why_not)
     facts = {"service": row.service, "machine": row.machine, "stage": row.stage,
              "task_id": row.task_id}
     reason = decision.reason
@@ -219,6 +224,37 @@ async def _stop(launcher: SemaphoreLauncher, row: RemoteRow, journal: RemoteJour
     else:
         log.warning("remote_backend_stop_failed_after_restart", **facts, reason=reason)
     return None
+
+
+async def _unrecorded_task(row: RemoteRow, launcher: SemaphoreLauncher,
+                           context: LaunchContext) -> RemoteRow:
+    """`row` with the start task a killed Hestia created but did not live to record (killed
+    between Semaphore's answer and the journal's write): the newest unfinished task of the start
+    template whose `HESTIA_*` variables name this backend and machine. A task that finished
+    cannot be told from an older start's; the probe and the stop template deal with it."""
+    try:
+        template_id = await launcher.templates.id_of(row.project, launcher.config.start_template)
+        tasks = await launcher.client.template_tasks(row.project, template_id)
+    except (SemaphoreError, TemplateError) as exc:
+        log.warning("remote_task_lookup_failed", service=row.service, machine=row.machine,
+                    detail=str(exc))
+        return row
+    wanted = {"HESTIA_SERVICE": context.service, "HESTIA_BACKEND": context.backend,
+              "HESTIA_MACHINE": context.machine, "HESTIA_ACTION": "start"}
+    for task in tasks:
+        try:
+            variables = json.loads(task.get("environment") or "{}")
+        except ValueError:
+            continue
+        if (isinstance(variables, dict) and task.get("status") not in FINISHED
+                and all(variables.get(k) == v for k, v in wanted.items())
+                and isinstance(task.get("id"), int)):
+            log.info("remote_task_found", service=row.service, machine=row.machine,
+                     task_id=task["id"], status=task.get("status"))
+            return replace(row, task_id=task["id"], task_action="start",
+                           task_status=str(task.get("status")), task_template_id=template_id,
+                           task_template=str(launcher.config.start_template))
+    return row
 
 
 async def _answers(placement: Placement, window: float) -> bool:
