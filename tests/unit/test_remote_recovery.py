@@ -11,6 +11,7 @@ end, with `hestia serve` killed for real: tests/integration/test_remote_recovery
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import trio
 from structlog.testing import capture_logs
 
 from hestia.config import parse_config
+from hestia.launchers.registry import boot_id, proc_stat
 from hestia.launchers.semaphore import SemaphoreLauncher
 from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.remote_recovery import decide, resume_remote
@@ -405,6 +407,39 @@ async def test_a_stop_asked_for_while_a_start_task_is_followed_stops_the_task_an
     assert standin.stop_requests() == [(1, {"force": False})]
     assert standin.tasks[2]["status"] == "success"  # the stop template ran
     assert stages(second) == []
+
+
+async def test_a_row_whose_hestia_still_runs_is_left_alone(standin, store, tmp_path, nursery,
+                                                           autojump_clock):
+    service = Service()
+    scene(standin, service)
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER)
+    stat = proc_stat(os.getpid())
+    assert stat is not None
+    first.journal.attach(store, (os.getpid(), stat.start_time, boot_id()))  # alive: this test
+    await nursery.start(first.sup.run)
+    async with first.sup.lease():
+        pass
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER)
+    with capture_logs() as logs:
+        assert second.recover() == []
+    assert second.sup.state is State.COLD
+    assert [e["event"] for e in logs] == ["remote_backend_in_use"]
+    assert stages(second) == [("ready", 1, "success")]
+
+
+async def test_without_a_semaphore_section_rows_are_reported_and_kept(standin, store, tmp_path,
+                                                                      nursery, autojump_clock):
+    service = Service()
+    scene(standin, service)
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER)
+    await run_until_killed(first, nursery, at=21.0)
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER)
+    with capture_logs() as logs:
+        assert resume_remote(second.config, {}, second.journal, None) == []
+    assert [(e["event"], e["reason"]) for e in logs] == [
+        ("remote_backend_left_running", "semaphore_not_configured")]
+    assert stages(second) == [("ready", 1, "success")]
 
 
 # --- the decisions -------------------------------------------------------------------------------

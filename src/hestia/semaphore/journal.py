@@ -214,7 +214,10 @@ class RemoteJournal:
                     self.forget(row.service, row.machine)
 
     def _update(self, key: tuple[str, str], fields: dict[str, Any]) -> None:
-        fields = {**fields, "updated_at": time.time()}
+        # The writer is this Hestia now (one that follows a task its killed predecessor began).
+        pid, start_time, boot = self._owner
+        fields = {**fields, "owner_pid": pid, "owner_start_time": start_time,
+                  "owner_boot_id": boot, "updated_at": time.time()}
         columns = ", ".join(f"{name} = ?" for name in fields)  # names written out above
         self._write(f"record the remote backend {key[0]!r} on {key[1]!r}",
                     lambda db: db.execute(f"UPDATE {TABLE} SET {columns} WHERE service = ? "
