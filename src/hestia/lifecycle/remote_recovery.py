@@ -140,7 +140,8 @@ async def _settle_all(rows: list[RemoteRow], supervisor: Supervisor, hub: Semaph
     try:
         for row in rows:
             found = await _settle(row, supervisor, hub, journal, data_dir, set_state,
-                                  may_adopt=adopted is None)
+                                  may_adopt=adopted is None,
+                                  why=None if adopted is None else "another_placement_adopted")
             adopted = adopted or found
     except BaseException:
         if adopted is not None:
@@ -153,6 +154,20 @@ async def _settle_all(rows: list[RemoteRow], supervisor: Supervisor, hub: Semaph
 async def _settle(row: RemoteRow, supervisor: Supervisor | None, hub: SemaphoreHub,
                   journal: RemoteJournal, data_dir: Path, set_state: SetState, *,
                   may_adopt: bool, why: str | None = None) -> tuple[Running, Placement] | None:
+    """Settle one row: the backend to adopt, or None. Never raises but a cancellation: a row
+    that cannot be understood must not keep Hestia from serving (logged, and kept)."""
+    try:
+        return await _settle_row(row, supervisor, hub, journal, data_dir, set_state,
+                                 may_adopt=may_adopt, why=why)
+    except Exception as exc:
+        log.exception("remote_recovery_failed", service=row.service, machine=row.machine,
+                      stage=row.stage, detail=str(exc))
+        return None
+
+
+async def _settle_row(row: RemoteRow, supervisor: Supervisor | None, hub: SemaphoreHub,
+                      journal: RemoteJournal, data_dir: Path, set_state: SetState, *,
+                      may_adopt: bool, why: str | None) -> tuple[Running, Placement] | None:
     placement = _placement(row, supervisor) if supervisor is not None else None
     launcher = (placement.launcher if placement is not None
                 else _recorded_launcher(row, hub, data_dir))
