@@ -12,8 +12,10 @@ end, with `hestia serve` killed for real: tests/integration/test_remote_recovery
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ import trio
 from structlog.testing import capture_logs
 
 from hestia.config import parse_config
+from hestia.launchers import semaphore as semaphore_launcher
 from hestia.launchers.registry import boot_id, proc_stat
 from hestia.launchers.semaphore import SemaphoreLauncher
 from hestia.lifecycle.placement import Machines, Placement
@@ -406,6 +409,31 @@ async def test_a_stop_asked_for_while_a_start_task_is_followed_stops_the_task_an
     await second.sup.wait_until(State.COLD)
     assert standin.stop_requests() == [(1, {"force": False})]
     assert standin.tasks[2]["status"] == "success"  # the stop template ran
+    assert stages(second) == []
+
+
+async def test_a_followed_start_task_is_given_what_is_left_of_task_timeout_since_its_creation(
+        standin, store, tmp_path, nursery, monkeypatch, autojump_clock):
+    # The wall clock follows the virtual one: 1e9 is virtual time 0.
+    monkeypatch.setattr(semaphore_launcher, "time", SimpleNamespace(
+        time=lambda: 1e9 + trio.current_time(), strftime=time.strftime))
+    service = Service()
+    scene(standin, service, start_s=600)
+    launcher = {**LAUNCHER, "task_timeout": "60s"}
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=launcher,
+                   on_restart="adopt")
+    await run_until_killed(first, nursery, at=6.25)
+    # Created at virtual time 0 (as the killed Hestia's wall clock said).
+    store.db.execute("UPDATE remote_backends SET task_created_at = ?", [1e9])
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=launcher,
+                    on_restart="adopt")
+    second.recover()
+    await nursery.start(second.sup.run)
+    await second.sup.wait_until(State.STOPPING)
+    assert trio.current_time() == 60.0
+    assert standin.stop_requests() == [(1, {"force": False})]
+    await second.sup.wait_until(State.COLD)
+    assert standin.tasks[2]["template_id"] == 2  # then the stop template ran
     assert stages(second) == []
 
 
