@@ -20,6 +20,9 @@ Semaphore tasks.
 Before any of that runs, `recover` deals with what a previous Hestia that was killed left
 running (lifecycle/recovery.py): every backend process is recorded under `<data_dir>/run/` while
 it runs, and a leftover is stopped, or adopted by its supervisor (`on_restart: adopt`).
+A backend started through Semaphore is journaled in the store at each stage instead; what a
+killed Hestia left is settled in its supervisor's task while the server already listens, the
+backend holding its requests meanwhile (lifecycle/remote_recovery.py).
 
 Shutdown order: the server stops accepting and gives in-flight requests `grace_period` to
 finish; then every supervisor stops its backend (stop signal, then SIGKILL to the process group);
@@ -33,6 +36,7 @@ import logging
 import os
 import signal
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,12 +54,13 @@ from .http.addressing import Addressing
 from .http.app import create_app
 from .http.auth import AuthGate, hash_key, new_key
 from .launchers import make_launcher
-from .launchers.registry import record_path
+from .launchers.registry import boot_id, proc_stat, record_path
 from .lifecycle.groups import Group
 from .lifecycle.history import StartHistory
 from .lifecycle.placement import Machines, Placement
 from .lifecycle.readiness import make_probe
 from .lifecycle.recovery import recover
+from .lifecycle.remote_recovery import resume_remote
 from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
 from .notify import Notifier
@@ -63,6 +68,7 @@ from .private_files import data_dir_warning, private_dir
 from .routing.registry import Registry
 from .routing.router import Route, build_routes, load_registry
 from .semaphore.hub import SemaphoreHub
+from .semaphore.journal import RemoteJournal
 from .store import Store, StoreError, open_error
 from .systemd import InheritedSocket, SystemdNotifier, listen_fds, status_line
 
@@ -228,8 +234,16 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
             raise open_error(store.path, exc) from exc
         if config.auth.enabled:
             _write_cli_key(store, config)
+        # What runs through Semaphore is journaled in the store (semaphore/journal.py).
+        journal = semaphore.journal if semaphore is not None else RemoteJournal()
+        stat = proc_stat(os.getpid())
+        journal.attach(store, (os.getpid(), stat.start_time if stat is not None else None,
+                               boot_id()))
+        events.add_listener(journal.listen)
         await _serve_all(config, events, store, machines, supervisors, routes, registry,
-                         handle_signals, task_status, systemd=systemd, inherited=inherited)
+                         handle_signals, task_status,
+                         partial(resume_remote, config, supervisors, journal, semaphore),
+                         systemd=systemd, inherited=inherited)
     finally:
         store.close()
 
@@ -237,8 +251,9 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
 async def _serve_all(config: Config, events: EventBus, store: Store, machines: Machines,
                      supervisors: dict[str, Supervisor], routes: dict[str, Route],
                      registry: Registry, handle_signals: bool,
-                     task_status: trio.TaskStatus[Gateway], *, systemd: SystemdNotifier,
-                     inherited: list[InheritedSocket]) -> None:
+                     task_status: trio.TaskStatus[Gateway],
+                     resume: Callable[[], list[Callable[[], Awaitable[None]]]], *,
+                     systemd: SystemdNotifier, inherited: list[InheritedSocket]) -> None:
     metrics = Metrics(supervisors)
     events.add_listener(metrics.listen)
     events.add_listener(store.record_event)
@@ -271,6 +286,10 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
             # supervisor, which stops it again on the way out.
             with trio.CancelScope(shield=True):
                 await recover(config, supervisors)
+            # Remote backends a killed Hestia left: decided now, settled in their supervisors'
+            # tasks, which hold their requests meanwhile (lifecycle/remote_recovery.py).
+            for settle in resume():
+                root.start_soon(settle)
             async with trio.open_nursery() as backends:
                 # Shielded too: a second signal arriving here must not keep a later supervisor
                 # (and the backend it adopted) from ever running. `run` reports started() at

@@ -41,9 +41,11 @@ from ..errors import StartFailed
 from ..private_files import open_private
 from ..semaphore import releases
 from ..semaphore.client import SemaphoreClient, SemaphoreError
+from ..semaphore.journal import BackendJournal
 from ..semaphore.tasks import Automation, TaskRecord, TemplateError, Templates
 from .base import LaunchContext, Launcher, StopOnce
 from .process import read_tail, rotate_log
+from .registry import fingerprint
 
 if TYPE_CHECKING:
     from ..semaphore.hub import SemaphoreHub
@@ -89,6 +91,8 @@ class SemaphoreLauncher(Launcher):
         self.project = project
         self.log_path = log_path
         self.task_timeout = config.task_timeout or settings.task_timeout
+        # Where each start and task is written down for the next Hestia (semaphore/journal.py).
+        self.journal: BackendJournal | None = None
 
     @classmethod
     def from_hub(cls, hub: SemaphoreHub, service: str, config: SemaphoreLauncherConfig,
@@ -96,8 +100,10 @@ class SemaphoreLauncher(Launcher):
         """A launcher of `service` on the gateway's connection to Semaphore."""
         settings = hub.config.semaphore
         assert settings is not None
-        return cls(config, settings, hub.client, hub.templates, hub.automation(service),
-                   project=hub.config.project_of(config), log_path=log_path)
+        launcher = cls(config, settings, hub.client, hub.templates, hub.automation(service),
+                       project=hub.config.project_of(config), log_path=log_path)
+        launcher.journal = hub.journal.of(service)
+        return launcher
 
     def __repr__(self) -> str:
         return (f"<SemaphoreLauncher project={self.project} "
@@ -108,6 +114,7 @@ class SemaphoreLauncher(Launcher):
         `task_status` and the output's last lines as `log_tail` when a task ran)."""
         rotate_log(self.log_path)
         offset = self._log_size()
+        self._journal_begin(context)
         try:
             await self.run_task("start", self.config.start_template, context)
         except TaskFailed as exc:
@@ -181,6 +188,7 @@ class SemaphoreLauncher(Launcher):
         log.info("semaphore_task_created", service=context.service, action=record.action,
                  task_id=record.task_id, template_id=record.template_id,
                  machine=context.machine)
+        self.automation.changed(record)
         with trio.move_on_after(self.task_timeout) as deadline:
             await self._poll(record, context)
         if deadline.cancelled_caught:
@@ -229,6 +237,7 @@ class SemaphoreLauncher(Launcher):
                 log.info("semaphore_task_status", service=context.service,
                          task_id=record.task_id, status=status, previous=record.status)
                 record.status = status
+                self.automation.changed(record)
             if status == "waiting_confirmation" and not confirmed:
                 if not self.config.confirm:
                     done = await self._stop_task(record, context)
@@ -241,6 +250,61 @@ class SemaphoreLauncher(Launcher):
                 await self._call(self.client.confirm_task(self.project, record.task_id),
                                  context, "confirm")
                 confirmed = True
+
+    # --- after a crash (lifecycle/remote_recovery.py) --------------------------------------------
+
+    def _journal_begin(self, context: LaunchContext) -> None:
+        if self.journal is not None:
+            self.journal.begin(machine=context.machine, backend=context.backend,
+                               upstream=context.upstream, port=context.port,
+                               config=self.config.model_dump_json(),
+                               fingerprint=fingerprint(self.config), project=self.project,
+                               stop_template=self.config.stop_template,
+                               task_timeout=self.task_timeout)
+
+    def adopted(self, context: LaunchContext) -> SemaphoreRunning:
+        """The handle of a backend a previous Hestia started on this placement (its log tail
+        from now on); its stop is the stop template."""
+        return SemaphoreRunning(self, context, self._log_size())
+
+    async def follow_task(self, record: TaskRecord, context: LaunchContext) -> None:
+        """Wait for a task a previous Hestia created and did not see finish (the journal has
+        it), as `run_task` waits for its own: until it succeeds, within what is left of
+        `task_timeout` since it was created. Raises `TaskFailed`. When cancelled, a start task
+        is asked to stop, as a cancelled start's is; a stop task is left to finish."""
+        what = f"Semaphore {record.action} task {record.task_id} ({record.template})"
+        self.automation.begin(record)
+        log.info("semaphore_task_followed", service=context.service, action=record.action,
+                 task_id=record.task_id, status=record.status)
+        try:
+            left = self.task_timeout - max(0.0, time.time() - record.started_at)
+            with trio.move_on_after(max(0.0, left)) as deadline:
+                await self._poll(record, context)
+            if deadline.cancelled_caught:
+                await self._stop_task(record, context)
+                raise TaskFailed(f"{what} did not finish within {self.task_timeout:g}s of its "
+                                 f"creation (status {record.status}); Hestia asked Semaphore "
+                                 "to stop it", "task_timeout", task_id=record.task_id,
+                                 task_status=record.status)
+            lines = await self._output(record)
+            self._log_lines(record, lines)
+            if record.status != "success":
+                raise TaskFailed(f"{what} ended {record.status}", f"task_{record.status}",
+                                 task_id=record.task_id, task_status=record.status,
+                                 log_tail=lines)
+        except TaskFailed as exc:
+            self.automation.finish(record, error=exc.detail)
+            log.warning("semaphore_task_failed", service=context.service,
+                        action=record.action, task_id=record.task_id, status=record.status,
+                        detail=exc.detail)
+            raise
+        except BaseException:
+            if record.action == "start" and record.status not in FINISHED:
+                with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_STOP_S):
+                    await self._stop_task(record, context)
+            self.automation.finish(record, error="cancelled")
+            raise
+        self.automation.finish(record)
 
     async def _stop_task(self, record: TaskRecord, context: LaunchContext) -> str:
         """Ask Semaphore to end the task; says how ("rejected", "stopped")."""

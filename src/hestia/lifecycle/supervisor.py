@@ -52,6 +52,7 @@ from .holding import HoldQueue
 from .leases import Lease, State
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, watch_health
+from .resuming import Resumable
 from .startup import STABLE_AFTER, Backoff, StartSequence
 from .warmth import Peer, Warmth
 
@@ -60,7 +61,7 @@ __all__ = ["Lease", "State", "Supervisor"]
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(HoldQueue, Warmth):
+class Supervisor(HoldQueue, Warmth, Resumable):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -302,6 +303,7 @@ class Supervisor(HoldQueue, Warmth):
                     nursery.start_soon(self._watch_exit, self._adopted)
                     self._adopted = None
                 task_status.started()
+                await self._resume(nursery)  # a remote backend a killed Hestia left (if any)
                 await self._loop(nursery)
                 nursery.cancel_scope.cancel()
         finally:

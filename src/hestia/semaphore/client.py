@@ -98,6 +98,11 @@ class SemaphoreClient:
     async def template(self, project: int, template_id: int) -> dict[str, Any]:
         return await self._json("GET", f"/project/{project}/templates/{template_id}")
 
+    async def template_tasks(self, project: int, template_id: int) -> list[dict[str, Any]]:
+        """The template's newest tasks (up to 200), newest first."""
+        return await self._json("GET", f"/project/{project}/templates/{template_id}/tasks/last"
+                                ) or []
+
     async def create_task(self, project: int, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", f"/project/{project}/tasks", json=body)
 

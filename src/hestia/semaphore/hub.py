@@ -9,6 +9,7 @@ import httpx
 from ..config import Config
 from ..events import EventBus
 from .client import SemaphoreClient
+from .journal import RemoteJournal
 from .tasks import Automation, TaskRecord, Templates, check_templates
 
 __all__ = ["SemaphoreHub"]
@@ -25,6 +26,8 @@ class SemaphoreHub:
         self.client = SemaphoreClient(config.semaphore, transport=transport)
         self.templates = Templates(self.client)
         self.automations: dict[str, Automation] = {}
+        # What runs remotely, for the next Hestia after a crash; the gateway attaches the store.
+        self.journal = RemoteJournal()
 
     def __repr__(self) -> str:
         assert self.config.semaphore is not None
@@ -37,6 +40,7 @@ class SemaphoreHub:
         if automation is None:
             automation = self.automations[service] = Automation(
                 lambda record: self._publish(service, record))
+            automation.on_change = self.journal.of(service).task
         return automation
 
     def _publish(self, service: str, record: TaskRecord) -> None:

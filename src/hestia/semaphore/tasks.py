@@ -160,6 +160,9 @@ class Automation:
 
     def __init__(self, on_finish: Callable[[TaskRecord], None] | None = None) -> None:
         self.on_finish = on_finish  # the gateway publishes each finished task as an event
+        # Told of every task created, changed or finished, with whether it finished: the
+        # journal of remote backends (journal.py) writes each change down at once.
+        self.on_change: Callable[[TaskRecord, bool], None] | None = None
         self.current: TaskRecord | None = None
         self.last: TaskRecord | None = None
         self.history: deque[TaskRecord] = deque(maxlen=HISTORY)
@@ -172,6 +175,11 @@ class Automation:
     def begin(self, record: TaskRecord) -> None:
         self.current = record
 
+    def changed(self, record: TaskRecord) -> None:
+        """`record` was created in Semaphore, or its status changed."""
+        if self.on_change is not None:
+            self.on_change(record, False)
+
     def finish(self, record: TaskRecord, status: str | None = None,
                error: str | None = None) -> None:
         if status is not None:
@@ -182,6 +190,8 @@ class Automation:
             self.current = None
         self.last = record
         self.history.append(record)
+        if self.on_change is not None:
+            self.on_change(record, True)
         if self.on_finish is not None:
             self.on_finish(record)
 

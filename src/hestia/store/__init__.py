@@ -29,8 +29,8 @@ what that loses (`open_error`).
 
 The schema, its migrations and opening the file are in store/schema.py; the writes the writer
 applies, and how values become columns, in store/rows.py. `Store` is the one way in: other
-modules that keep a table of their own in this file (sessions.py) use `Store.db` and
-`Store.transaction`, as `add_key` does.
+modules that keep a table of their own in this file (sessions.py, semaphore/journal.py) use
+`Store.db` and `Store.transaction`, as `add_key` does.
 """
 
 from __future__ import annotations
