@@ -27,7 +27,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .config_data import (
     BACKEND_SEPARATOR,
@@ -166,6 +173,14 @@ class Config(_Model):
     strategies_dir: Path = Path("strategies")
     """Where routing strategy plugins are loaded from (`*.py`; relative to the working
     directory; a missing directory loads nothing)."""
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def path(self) -> Path | None:
+        """The file this configuration was read from (`load_config`, made absolute), which a
+        reload reads again; None when it was given as data (the built-in demo)."""
+        return self._path
 
     def semaphore_launchers(self) -> list[tuple[str, SemaphoreLauncherConfig]]:
         """Every `semaphore` launcher with its path, machines first (a service that inherits
@@ -338,9 +353,12 @@ def _strategy_errors(data: dict[str, Any], check: StrategyCheck) -> list[tuple[s
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
                 check_strategies: StrategyCheck | None = None) -> Config:
-    """Read and validate a YAML configuration file. Raises `ConfigError`."""
-    return parse_config(read_config(path), env=env, source=str(path),
-                        check_strategies=check_strategies)
+    """Read and validate a YAML configuration file (`Config.path` remembers it). Raises
+    `ConfigError`."""
+    config = parse_config(read_config(path), env=env, source=str(path),
+                          check_strategies=check_strategies)
+    config._path = Path(os.path.abspath(path))
+    return config
 
 
 def read_config(path: str | os.PathLike[str]) -> Any:

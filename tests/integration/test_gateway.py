@@ -166,7 +166,8 @@ def test_the_public_surface_is_sorted_and_complete():
     modules = {"config", "errors", "gateway", "lifecycle", "http", "launchers",
                "observability", "defaults", "cli", "demo", "launch_config", "semaphore",
                "events", "metrics", "notify", "store", "routing", "config_data",
-               "private_files", "service_config", "sessions", "upstream", "caching"}
+               "private_files", "service_config", "sessions", "upstream", "caching",
+               "reload", "reloader"}
     assert public - modules == set(hestia.__all__)
 
 

@@ -52,6 +52,7 @@ from .holding import HoldQueue
 from .leases import Lease, State
 from .placement import Machines, Placement
 from .readiness import LOG_TAIL_LINES, Probe, watch_health
+from .reconfigure import Reconfiguring
 from .startup import STABLE_AFTER, Backoff, StartSequence
 
 __all__ = ["Lease", "State", "Supervisor"]
@@ -59,7 +60,7 @@ __all__ = ["Lease", "State", "Supervisor"]
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(HoldQueue):
+class Supervisor(HoldQueue, Reconfiguring):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -97,6 +98,7 @@ class Supervisor(HoldQueue):
         self._stop_requested: str | None = None
         self._start_scope: trio.CancelScope | None = None
         self._closing = False
+        Reconfiguring.__init__(self)
         self._unhealthy: str | None = None  # why the health check gave up on the backend
         self._adopted: Running | None = None  # to watch once run() has its nursery
         self._failure: GatewayError | None = None  # answered while FAILED
@@ -301,12 +303,15 @@ class Supervisor(HoldQueue):
                 with trio.CancelScope(shield=True):
                     await running.stop()
                 self._running = self._starting.running = None
+            self.closed.set()
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
             if self._closing:
                 await self._shut_down()
                 return
+            if self._next is not None and self.state in (State.COLD, State.FAILED):
+                self._take_next()
             if self.state is State.COLD:
                 wanted = bool(self._waiters) or self._auto_start
                 retry_at = self._backoff.retry_at
@@ -389,15 +394,19 @@ class Supervisor(HoldQueue):
         if self.config.keep_warm and retry:
             self._auto_start = True
         running, self._running = self._running, None
+        # Cancelled for a reload (`replace_launch`): the waiters wait for the new start.
+        keep_waiters = cancelled and self._next is not None and not self._closing
         if running is not None:  # cut short in the middle of an attempt
             self._set_state(State.STOPPING)
-            self._fail_waiters(error)
+            if not keep_waiters:
+                self._fail_waiters(error)
             with trio.CancelScope(shield=True):
                 await running.stop()
             self._set_state(State.COLD)
         elif not failed:
             self._set_state(State.COLD)
-            self._fail_waiters(error)
+            if not keep_waiters:
+                self._fail_waiters(error)
         else:
             self._failure = error
             error.retry_after = self.config.startup.cooldown
@@ -428,6 +437,9 @@ class Supervisor(HoldQueue):
             if self._unhealthy is not None:
                 await self._stop_unhealthy()
                 return
+            if self._health_changed:
+                self._health_changed = False
+                return  # `_while_ready` again, with the new health watch
             if self._stop_requested is not None:
                 await self._stop(self._stop_requested)
                 return
@@ -475,9 +487,12 @@ class Supervisor(HoldQueue):
         await pool.clear()
 
     async def _shut_down(self) -> None:
-        self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name,
+        detail = self._closing_detail
+        self._fail_waiters(StartCancelled(detail, service=self.name,
                                           retry_after=self.retry_after()))
         if self._running is not None:
-            self._revoke_leases(BackendStopped("the gateway is shutting down",
-                                               service=self.name))
-            await self._stop("shutdown")
+            # At shutdown the server has already given in-flight requests the grace period;
+            # a backend removed by a reload gives its own now (`_stop`).
+            if not self._retired:
+                self._revoke_leases(BackendStopped(detail, service=self.name))
+            await self._stop("removed" if self._retired else "shutdown")
