@@ -113,13 +113,13 @@ async def test_a_launch_change_gives_in_flight_requests_the_grace_period(
             await trio.sleep_forever()
         errors.append(lease.error)
 
-    nursery.start_soon(endless)
-    await trio.sleep(2)
-    sup.replace_launch(service(), placements(FakeLauncher()), None, drain_timeout=3)
+    async with trio.open_nursery() as clients:
+        clients.start_soon(endless)
+        await trio.sleep(2)
+        sup.replace_launch(service(), placements(FakeLauncher()), None, drain_timeout=3)
+    assert [type(e) for e in errors] == [BackendStopped]
     await sup.wait_until(State.COLD)
     assert (trio.current_time(), old.stop_calls) == (5.0, [5.0])
-    await trio.sleep(0)
-    assert [type(e) for e in errors] == [BackendStopped]
 
 
 async def test_requests_waiting_for_a_start_wait_for_the_new_backend_instead(
@@ -133,11 +133,10 @@ async def test_requests_waiting_for_a_start_wait_for_the_new_backend_instead(
         async with sup.lease():
             granted.append((trio.current_time(), sup.pid))
 
-    nursery.start_soon(request)
-    await trio.sleep(4)  # the old backend is starting
-    sup.replace_launch(service(), placements(new), None, drain_timeout=10)
-    await sup.wait_until(State.READY)
-    await trio.sleep(0)
+    async with trio.open_nursery() as clients:
+        clients.start_soon(request)
+        await trio.sleep(4)  # the old backend is starting
+        sup.replace_launch(service(), placements(new), None, drain_timeout=10)
     assert granted == [(6.0, 1001)]  # the new launcher's first pid
     assert (old.starts, new.starts) == ([0.0], [4.0])
 
