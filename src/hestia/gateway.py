@@ -189,12 +189,14 @@ def _set_limits(hc: HypercornConfig, config: Config) -> None:
     # Hypercorn's own bounds must let every service's `limits` through, so that a request over a
     # service's limit gets that service's 431 (hypercorn's own answer is a bare 400), and a
     # WebSocket message as large as a service allows passes.
+    # From hypercorn's defaults, not the current values: a reload may lower them again.
+    defaults = HypercornConfig()
     limits = [s.limits for s in config.services.values()]
     hc.h11_max_incomplete_size = max(
         [HEADER_CAP if not lim.max_header_size else lim.max_header_size for lim in limits]
-        + [hc.h11_max_incomplete_size]) + 4096
+        + [defaults.h11_max_incomplete_size]) + 4096
     hc.websocket_max_message_size = max([lim.max_message_size for lim in limits]
-                                        + [hc.websocket_max_message_size])
+                                        + [defaults.websocket_max_message_size])
 
 
 async def run(config: Config, *, handle_signals: bool = True,
