@@ -26,7 +26,8 @@ Event kinds and their fields (besides `seq`, `at`, `kind`, `service`):
 | `semaphore_task` | `action`, `task_id`, `template_id`, `status`, `machine_id`, `duration_ms`,
   `error` |
 | `machine` | `machine`, `enabled` (a person enabled or disabled it) |
-| `config_reloaded` | `source`, `added`, `removed`, `restarted`, `updated`, `unchanged`, `topLevel` |
+| `config_reloaded` | `source`, `added`, `removed`, `restarted`, `updated`, `unchanged`,
+  `topLevel` |
 | `config_reload_failed` | `source`, `error`, `detail`, `errors` |
 """
 

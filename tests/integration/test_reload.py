@@ -218,3 +218,33 @@ async def test_sighup_reloads_a_served_gateway_and_does_not_stop_it(tmp_path):
         assert len(failed) == 1 and failed[0]["errors"]
         assert [e["added"] for e in logged if e.get("event") == "config_reloaded"] == [
             ["more"]]
+
+
+async def test_routing_settings_change_in_place_on_the_running_processes(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={
+            "up": upstream_service(limits={"max_header_size": "4KiB"}),
+            "duo": {**upstream_service(), "backends": {"a": {}, "b": {}}}})
+        async with client(gateway) as http:
+            pid = await pid_of(http, "up")
+            big = {"X-Big": "x" * 20_000}
+            assert_error_body(await http.get("/services/up/echo", headers=big), 431,
+                              "headers_too_large", "up")
+            assert (await http.get("/services/up/echo", headers={"Host": "up.example.net"})
+                    ).status_code == 403
+
+            def edit(raw: dict[str, Any]) -> None:
+                raw["services"]["up"]["limits"] = {"max_header_size": "1MiB"}
+                raw["services"]["up"]["hosts"] = ["up.example.net"]
+                raw["services"]["duo"]["strategy"] = {"name": "least_inflight"}
+
+            rewrite(gateway, edit)
+            result = await gateway.reload()
+            assert result.changes is not None
+            assert result.changes.updated == {"up": ["limits", "hosts"],
+                                              "duo": ["strategy"]}
+            assert (await http.get("/services/up/echo", headers=big)).status_code == 200
+            by_host = await http.get("/echo", headers={"Host": "up.example.net"})
+            assert by_host.json()["pid"] == pid
+            strategies = (await http.get("/v1/strategies")).json()["services"]
+            assert [s["strategy"] for s in strategies] == ["least_inflight"]
