@@ -79,8 +79,14 @@ class Front:
         self.serving: Any = None
 
     def configure(self, config: Config, store: Store, addressing: Addressing) -> None:
-        self.serving = (AuthGate(self.app, config, store, addressing=addressing)
-                        if config.auth.enabled else self.app)
+        """Raises `StoreError` when the sessions' table cannot be made."""
+        if not config.auth.enabled:
+            self.serving = self.app
+            return
+        current = self.serving
+        sessions = (current.sessions if isinstance(current, AuthGate)
+                    and current.sessions.ttl == config.auth.session_ttl else None)
+        self.serving = AuthGate(self.app, config, store, sessions, addressing)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.serving(scope, receive, send)
@@ -140,7 +146,9 @@ class Reloader:
         self._send, self._receive = trio.open_memory_channel[
             tuple[trio.Event, list[ReloadResult]]](math.inf)
         self._retiring: dict[str, Supervisor] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}  # each route's task, and "notify"
+        self._scopes: dict[str, trio.CancelScope] = {}  # each route's task, by service
+        self._notifier: trio.CancelScope | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         last = "never" if self.last is None else ("ok" if self.last.ok else "failed")
@@ -172,6 +180,7 @@ class Reloader:
     def close(self) -> None:
         """The gateway is stopping: no more reloads; `run` returns once the supervisors it
         added have returned (the caller closes them) and it is cancelled."""
+        self._closed = True
         self._send.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -303,13 +312,16 @@ class Reloader:
                                                 self.groups)
             await added.start(supervisor.run)
             self.supervisors[name] = supervisor
+            if self._closed:  # the gateway began to stop meanwhile: it closed the others
+                supervisor.close()
         await self._apply_routes(new, registry, helpers)
         self.addressing.reconfigure(new)
-        self.front.configure(new, self.store, self.addressing)
+        if not changes.empty:
+            self.front.configure(new, self.store, self.addressing)
         if new.notify != old.notify:
-            scope = self._scopes.pop("notify", None)
-            if scope is not None:
-                scope.cancel()
+            if self._notifier is not None:
+                self._notifier.cancel()
+                self._notifier = None
             if new.notify:
                 await self._start_notifier(helpers, new)
         self.config = new
@@ -341,7 +353,7 @@ class Reloader:
         await helpers.start(_in_scope, scope, route.run)
 
     async def _start_notifier(self, helpers: trio.Nursery, config: Config) -> None:
-        scope = self._scopes["notify"] = trio.CancelScope()
+        scope = self._notifier = trio.CancelScope()
         await helpers.start(_in_scope, scope, Notifier(config.notify, self.events).run)
 
     async def _forget(self, name: str, supervisor: Supervisor) -> None:
