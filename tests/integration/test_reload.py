@@ -14,6 +14,7 @@ import trio
 import yaml
 
 from hestia import Gateway, parse_config, run
+from tests.recording_upstream import RecordingUpstream
 
 from .conftest import (
     alive,
@@ -248,3 +249,20 @@ async def test_routing_settings_change_in_place_on_the_running_processes(start_g
             assert by_host.json()["pid"] == pid
             strategies = (await http.get("/v1/strategies")).json()["services"]
             assert [s["strategy"] for s in strategies] == ["least_inflight"]
+
+
+async def test_webhooks_added_by_a_reload_hear_the_reload_and_what_follows(
+        start_gateway, nursery):
+    with trio.fail_after(30):
+        receiver: RecordingUpstream = await nursery.start(RecordingUpstream().run)
+        gateway = await start_gateway(machines={"spare": {}},
+                                      services={"up": upstream_service()})
+        rewrite(gateway, lambda raw: raw.update(notify=[
+            {"url": f"http://127.0.0.1:{receiver.port}/hook"}]))
+        async with client(gateway) as http:
+            assert (await http.post("/v1/reload")).json()["changes"]["topLevel"] == ["notify"]
+            await http.post("/v1/machines/spare/disable")
+            while len(receiver.requests) < 2:
+                await trio.sleep(0.01)
+        kinds = [json.loads(r.body)["kind"] for r in receiver.requests]
+        assert kinds == ["config_reloaded", "machine"]

@@ -174,3 +174,19 @@ async def test_a_removed_backend_lets_its_request_finish_then_stops_and_ends(
             pass
     await sup.closed.wait()
     assert (finished, launcher.stop_calls, trio.current_time()) == ([4.0], [4.0], 4.0)
+
+
+async def test_machines_kept_by_a_reload_keep_whether_a_person_disabled_them():
+    from hestia.config import parse_config
+    from hestia.lifecycle.placement import Machines
+
+    def config(**machines) -> object:
+        return parse_config({"machines": machines}, env={})
+
+    machines = Machines(config(gpu={"max_failures": 2}, old={}))
+    machines.set_enabled("gpu", False)
+    machines.reconfigure(config(gpu={"max_failures": 5}, new={}))
+    status = {m["machineId"]: m for m in machines.status()}
+    assert sorted(status) == ["gpu", "local", "new"]
+    assert (status["gpu"]["enabled"], status["gpu"]["maxFailures"]) == (False, 5)
+    assert status["new"]["enabled"] is True
