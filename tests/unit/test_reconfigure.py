@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import trio
 
+from hestia.config import Config, parse_config
 from hestia.errors import BackendStopped, StartCancelled
-from hestia.lifecycle.placement import Placement
+from hestia.lifecycle.placement import Machines, Placement
 from hestia.lifecycle.supervisor import State
 from tests.fakes import FakeLauncher, FakeProbe, service, supervisor
 
@@ -177,10 +178,7 @@ async def test_a_removed_backend_lets_its_request_finish_then_stops_and_ends(
 
 
 async def test_machines_kept_by_a_reload_keep_whether_a_person_disabled_them():
-    from hestia.config import parse_config
-    from hestia.lifecycle.placement import Machines
-
-    def config(**machines) -> object:
+    def config(**machines: dict) -> Config:
         return parse_config({"machines": machines}, env={})
 
     machines = Machines(config(gpu={"max_failures": 2}, old={}))
