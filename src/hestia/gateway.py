@@ -23,6 +23,11 @@ Before any of that runs, `recover` deals with what a previous Hestia that was ki
 running (lifecycle/recovery.py): every backend process is recorded under `<data_dir>/run/` while
 it runs, and a leftover is stopped, or adopted by its supervisor (`on_restart: adopt`).
 
+Every layer that serves (the app, the proxy, the auth gate, the metrics) holds the same
+`supervisors` and `routes` dicts and `Addressing`, which a reload changes in place (reloader.py:
+`Reloader`, the one owner of the running configuration; `Gateway.reload()`, SIGHUP and
+`POST /v1/reload` all go through `Reloader.reload()`).
+
 Shutdown order: the server stops accepting and gives in-flight requests `grace_period` to
 finish; then every supervisor stops its backend (stop signal, then SIGKILL to the process group);
 then `run` returns. A backend that was never started is left alone.
