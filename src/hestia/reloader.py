@@ -80,13 +80,17 @@ class Front:
 
     def configure(self, config: Config, store: Store, addressing: Addressing) -> None:
         """Raises `StoreError` when the sessions' table cannot be made."""
+        self.serving = self.made_for(config, store, addressing)
+
+    def made_for(self, config: Config, store: Store, addressing: Addressing) -> Any:
+        """What to serve for `config` (the gate keeps its sessions when `session_ttl` is the
+        same). Raises `StoreError` when the sessions' table cannot be made."""
         if not config.auth.enabled:
-            self.serving = self.app
-            return
+            return self.app
         current = self.serving
         sessions = (current.sessions if isinstance(current, AuthGate)
                     and current.sessions.ttl == config.auth.session_ttl else None)
-        self.serving = AuthGate(self.app, config, store, sessions, addressing)
+        return AuthGate(self.app, config, store, sessions, addressing)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.serving(scope, receive, send)
@@ -281,6 +285,9 @@ class Reloader:
     async def _apply(self, new: Config, changes: ConfigChanges, registry: Registry,
                      hub: SemaphoreHub | None, added: trio.Nursery,
                      helpers: trio.Nursery) -> None:
+        """First what takes time and nobody sees yet (the added backends' supervisors start);
+        then the rest in one synchronous step, so that no request sees half of it (a removed
+        backend still routed, a new route without its backend)."""
         old = self.config
         grace = new.grace_period
         if hub is not None and hub is not self.semaphore:
@@ -290,6 +297,17 @@ class Reloader:
         self.semaphore = hub
         self.machines.reconfigure(new)
         self.groups = self._build_groups(new, self.groups)
+        serving = (self.front.made_for(new, self.store, self.addressing)
+                   if not changes.empty else self.front.serving)
+        started: dict[str, Supervisor] = {}
+        for name in changes.added:
+            leaving = self._retiring.get(name)
+            if leaving is not None:  # removed by an earlier reload: it may hold the port still
+                await leaving.closed.wait()
+            supervisor = started[name] = self._build_supervisor(
+                new, name, self.machines, hub, self.events, self.groups)
+            await added.start(supervisor.run)
+        # --- one step from here: no await until the routes serve the new configuration ---
         for name in changes.removed:
             supervisor = self._retiring[name] = self.supervisors.pop(name)
             supervisor.retire()
@@ -304,32 +322,25 @@ class Reloader:
                 supervisor.update_policy(new.services[name], grace)
             elif name not in changes.restarted:
                 supervisor.drain_timeout = grace
-        for name in changes.added:
-            leaving = self._retiring.get(name)
-            if leaving is not None:  # removed by an earlier reload: it may hold the port still
-                await leaving.closed.wait()
-            supervisor = self._build_supervisor(new, name, self.machines, hub, self.events,
-                                                self.groups)
-            await added.start(supervisor.run)
-            self.supervisors[name] = supervisor
-            if self._closed:  # the gateway began to stop meanwhile: it closed the others
+        self.supervisors.update(started)
+        if self._closed:  # the gateway began to stop meanwhile: it closed the others
+            for supervisor in started.values():
                 supervisor.close()
-        await self._apply_routes(new, registry, helpers)
-        self.addressing.reconfigure(new)
-        if not changes.empty:
-            self.front.configure(new, self.store, self.addressing)
+        self._apply_routes(new, registry, helpers)
+        self.addressing.reconfigure(new)  # the gate made above holds this same object
+        self.front.serving = serving
+        self.config = new
+        self._on_config(old, new)
+        # --- done: what follows only starts the webhooks again ---
         if new.notify != old.notify:
             if self._notifier is not None:
                 self._notifier.cancel()
                 self._notifier = None
             if new.notify:
                 await self._start_notifier(helpers, new)
-        self.config = new
-        self._on_config(old, new)
         config_warnings(new)
 
-    async def _apply_routes(self, new: Config, registry: Registry,
-                            helpers: trio.Nursery) -> None:
+    def _apply_routes(self, new: Config, registry: Registry, helpers: trio.Nursery) -> None:
         """A route is kept (its decisions, its health marks) unless its backends or its
         strategy changed."""
         fresh = build_routes(new, self.supervisors, registry)
@@ -345,7 +356,8 @@ class Reloader:
             if current is not None:
                 self._scopes.pop(service_id).cancel()
             self.routes[service_id] = route
-            await self._start_route(helpers, route)
+            scope = self._scopes[service_id] = trio.CancelScope()
+            helpers.start_soon(_in_scope, scope, route.run)
         self.registry = registry
 
     async def _start_route(self, helpers: trio.Nursery, route: Route) -> None:
