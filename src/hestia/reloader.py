@@ -216,7 +216,9 @@ class Reloader:
                 "this gateway was started without a configuration file (the built-in demo): "
                 "there is no file to read again; start it with -c FILE to reload"))
         try:
-            new = load_config(path)
+            loaded = load_config(path)
+            # What the command line set in place of the file's (`--listen`) stays set.
+            new = loaded.model_copy(update=self.config.overrides())
             registry = (self.registry if new.strategies_dir == self.config.strategies_dir
                         else load_registry(new.strategies_dir))
             errors = strategy_errors(new.routes, registry)

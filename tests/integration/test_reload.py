@@ -13,7 +13,7 @@ import pytest
 import trio
 import yaml
 
-from hestia import Gateway, parse_config, run
+from hestia import Gateway, load_config, parse_config, run
 from tests.recording_upstream import RecordingUpstream
 
 from .conftest import (
@@ -266,3 +266,22 @@ async def test_webhooks_added_by_a_reload_hear_the_reload_and_what_follows(
                 await trio.sleep(0.01)
         kinds = [json.loads(r.body)["kind"] for r in receiver.requests]
         assert kinds == ["config_reloaded", "machine"]
+
+
+async def test_a_listen_address_given_on_the_command_line_stays_across_reloads(
+        nursery, tmp_path):
+    with trio.fail_after(30):
+        path = tmp_path / "hestia.yml"
+        path.write_text(yaml.safe_dump({"listen": "127.0.0.1:1", "data_dir": str(tmp_path),
+                                        "services": {"up": upstream_service()}}))
+        # As `hestia serve -c hestia.yml --listen 127.0.0.1:0` does.
+        config = load_config(path, env={}).model_copy(update={"listen": "127.0.0.1:0"})
+        gateway = await nursery.start(lambda task_status: run(
+            config, handle_signals=False, task_status=task_status))
+        rewrite(gateway, lambda raw: raw["services"].update(more=upstream_service()))
+        result = await gateway.reload()
+        assert result.ok, result.as_dict()
+        assert result.changes is not None and result.changes.added == ["more"]
+        rewrite(gateway, lambda raw: raw.update(listen="127.0.0.1:2"))
+        assert (await gateway.reload()).ok  # the command line's address still wins
+        gateway.shutdown()
