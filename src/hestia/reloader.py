@@ -171,7 +171,9 @@ class Reloader:
     async def reload(self) -> ReloadResult:
         """Read the file again and apply it; one reload at a time. Never raises for a bad
         file: the result says what went wrong (`error`, `errors`). A caller that is cancelled
-        does not cancel the reload: it runs in the reloader's task."""
+        does not cancel the reload: it runs in the reloader's task. Every reload goes through
+        here (SIGHUP, `POST /v1/reload`, `Gateway.reload()`): what must happen around each one
+        (a service manager told it is reloading) belongs around this call's body."""
         async with self._lock:
             done, box = trio.Event(), []
             try:
@@ -179,6 +181,8 @@ class Reloader:
             except trio.ClosedResourceError:
                 return self._failed(NotReloadable("the gateway is shutting down"))
             await done.wait()
+            if not box:  # the gateway was cancelled in the middle of it
+                return self._failed(NotReloadable("the gateway is shutting down"))
             return box[0]
 
     def close(self) -> None:
