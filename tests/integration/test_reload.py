@@ -285,3 +285,19 @@ async def test_a_listen_address_given_on_the_command_line_stays_across_reloads(
         rewrite(gateway, lambda raw: raw.update(listen="127.0.0.1:2"))
         assert (await gateway.reload()).ok  # the command line's address still wins
         gateway.shutdown()
+
+
+async def test_reloads_asked_for_at_once_run_one_after_the_other(start_gateway):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+        rewrite(gateway, lambda raw: raw["services"].update(more=upstream_service()))
+        results: list[Any] = []
+
+        async def reload() -> None:
+            results.append(await gateway.reload())
+
+        async with trio.open_nursery() as both:
+            both.start_soon(reload)
+            both.start_soon(reload)
+        assert [(r.changes.added, r.changes.unchanged) for r in results] == [
+            (["more"], 1), ([], 2)]

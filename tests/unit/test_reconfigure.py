@@ -188,3 +188,25 @@ async def test_machines_kept_by_a_reload_keep_whether_a_person_disabled_them():
     assert sorted(status) == ["gpu", "local", "new"]
     assert (status["gpu"]["enabled"], status["gpu"]["maxFailures"]) == (False, 5)
     assert status["new"]["enabled"] is True
+
+
+async def test_a_removed_backend_cuts_a_request_longer_than_the_grace_period(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, drain_timeout=3)
+    await nursery.start(sup.run)
+    errors: list[object] = []
+
+    async def endless() -> None:
+        async with sup.lease() as lease:
+            await trio.sleep_forever()
+        errors.append(lease.error)
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(endless)
+        await trio.sleep(2)
+        sup.retire()
+    assert trio.current_time() == 5.0  # retired at 2, with 3 s of grace
+    assert [type(e) for e in errors] == [BackendStopped]
+    await sup.closed.wait()
+    assert launcher.stop_calls == [5.0]
