@@ -48,7 +48,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .config import BACKEND_SEPARATOR, Config, upstream_warnings
+from .config import BACKEND_SEPARATOR, Config
 from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
@@ -209,8 +209,6 @@ async def run(config: Config, *, handle_signals: bool = True,
     """Serve `config` until SIGINT/SIGTERM (or `Gateway.shutdown()`), then stop everything."""
     # First, before anything starts: a hypercorn whose internals changed stops the start here.
     hypercorn_fixes.apply()
-    for path, warning in upstream_warnings(config):
-        log.warning("upstream_shared", path=path, detail=warning)
     config_warnings(config)
     events = EventBus()
     semaphore = SemaphoreHub(config, events=events) if config.semaphore is not None else None

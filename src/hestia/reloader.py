@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 import trio
 
-from .config import Config, load_config
+from .config import Config, load_config, upstream_warnings
 from .errors import ConfigError, ConfigInvalid, GatewayError, NotReloadable, RestartRequired
 from .events import EventBus
 from .http.addressing import Addressing
@@ -98,6 +98,8 @@ class Front:
 
 def config_warnings(config: Config) -> None:
     """What the gateway warns about at start, and again after each reload."""
+    for path, warning in upstream_warnings(config):
+        log.warning("upstream_shared", path=path, detail=warning)
     if not _is_loopback(config.listen) and not config.auth.enabled:
         log.warning("listening_beyond_loopback", listen=config.listen,
                     detail="auth is off: anyone who can reach this address can use every "
