@@ -30,6 +30,7 @@ from .errors import (
 from .events import Event, EventBus
 from .gateway import Gateway, run
 from .lifecycle.supervisor import Lease, State, Supervisor
+from .reload import ReloadResult
 
 __all__ = [
     "BackendCrashed",
@@ -49,6 +50,7 @@ __all__ = [
     "Lease",
     "QueueFull",
     "QueueTimeout",
+    "ReloadResult",
     "RequestRejected",
     "StartCancelled",
     "StartFailed",

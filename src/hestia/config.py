@@ -29,7 +29,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .config_data import (
     BACKEND_SEPARATOR,
@@ -169,6 +176,21 @@ class Config(_Model):
     strategies_dir: Path = Path("strategies")
     """Where routing strategy plugins are loaded from (`*.py`; relative to the working
     directory; a missing directory loads nothing)."""
+
+    _path: Path | None = PrivateAttr(default=None)
+    _file_values: dict[str, Any] = PrivateAttr(default_factory=dict)  # each field as loaded
+
+    @property
+    def path(self) -> Path | None:
+        """The file this configuration was read from (`load_config`, made absolute), which a
+        reload reads again; None when it was given as data (the built-in demo)."""
+        return self._path
+
+    def overrides(self) -> dict[str, Any]:
+        """The top-level fields set after loading, in place of the file's (`hestia serve
+        --listen`): a reload applies them again to what it reads."""
+        return {name: getattr(self, name) for name, value in self._file_values.items()
+                if getattr(self, name) != value}
 
     def semaphore_launchers(self) -> list[tuple[str, SemaphoreLauncherConfig]]:
         """Every `semaphore` launcher with its path, machines first (a service that inherits
@@ -342,9 +364,13 @@ def _strategy_errors(data: dict[str, Any], check: StrategyCheck) -> list[tuple[s
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
                 check_strategies: StrategyCheck | None = None) -> Config:
-    """Read and validate a YAML configuration file. Raises `ConfigError`."""
-    return parse_config(read_config(path), env=env, source=str(path),
-                        check_strategies=check_strategies)
+    """Read and validate a YAML configuration file (`Config.path` remembers it). Raises
+    `ConfigError`."""
+    config = parse_config(read_config(path), env=env, source=str(path),
+                          check_strategies=check_strategies)
+    config._path = Path(os.path.abspath(path))
+    config._file_values = {name: getattr(config, name) for name in Config.model_fields}
+    return config
 
 
 def read_config(path: str | os.PathLike[str]) -> Any:

@@ -9,6 +9,10 @@ HestiaError
     ├── HTTPProblem             4xx  what the API's routing refuses (405 + Allow, …), by status
     ├── NotFound                404  no such machine (or route)
     ├── Conflict                409  a start or stop that does not apply to the current state
+    │   ├── RestartRequired     409  a reload that changes `listen` or `data_dir` (or another
+    │   │                       field only a restart applies): nothing of it was applied
+    │   └── NotReloadable       409  a reload of a gateway that has no configuration file
+    ├── ConfigInvalid           422  a reload whose file is invalid (`errors`: path, message)
     ├── Unauthorized            401  + WWW-Authenticate: no key, an unknown key, a stale session
     ├── Forbidden               403  the key's scope does not cover the request
     │   ├── CrossOrigin         403  a session-authenticated change from another origin (CSRF)
@@ -61,6 +65,7 @@ __all__ = [
     "BadFraming",
     "BodyTooLarge",
     "ConfigError",
+    "ConfigInvalid",
     "Conflict",
     "CrossOrigin",
     "Forbidden",
@@ -73,10 +78,12 @@ __all__ = [
     "NoRoute",
     "NotAutomated",
     "NotFound",
+    "NotReloadable",
     "QueueFull",
     "QueueTimeout",
     "RequestRejected",
     "ResponseTooLarge",
+    "RestartRequired",
     "StartCancelled",
     "StartFailed",
     "StrategyError",
@@ -156,6 +163,26 @@ class NotFound(GatewayError):
 class Conflict(GatewayError):
     status = 409
     code = "conflict"
+
+
+class RestartRequired(Conflict):
+    """A reload changes what only a restart applies (`fields`); nothing of it was applied."""
+
+    code = "restart_required"
+
+
+class NotReloadable(Conflict):
+    """A reload of a gateway that was not started from a file (the built-in demo)."""
+
+    code = "not_reloadable"
+
+
+class ConfigInvalid(GatewayError):
+    """A reload read an invalid file: `errors` lists each problem (`path`, `message`); the
+    running configuration stays."""
+
+    status = 422
+    code = "config_invalid"
 
 
 class Unauthorized(GatewayError):

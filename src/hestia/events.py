@@ -19,13 +19,16 @@ Event kinds and their fields (besides `seq`, `at`, `kind`, `service`):
 | `start_attempt` | `attempt`, `machine`, `launcher`, `ok`, `duration_ms`, `detail` (on failure) |
 | `ready` | `machine`, `duration_ms` (the whole start), `attempts` |
 | `start_failed` | `detail`, `attempts`, `cancelled`, `duration_ms` |
-| `stopped` | `reason` (`idle`, `api`, `shutdown`), `duration_ms` |
+| `stopped` | `reason` (`idle`, `api`, `shutdown`, `reload`, `removed`), `duration_ms` |
 | `crashed` | `detail`, `exit_status` |
 | `queue_overflow` | `queue_max`, `state` |
 | `queue_timeout` | `waited_s`, `state` |
 | `semaphore_task` | `action`, `task_id`, `template_id`, `status`, `machine_id`, `duration_ms`,
   `error` |
 | `machine` | `machine`, `enabled` (a person enabled or disabled it) |
+| `config_reloaded` | `source`, `added`, `removed`, `restarted`, `updated`, `unchanged`,
+  `topLevel` |
+| `config_reload_failed` | `source`, `error`, `detail`, `errors` |
 """
 
 from __future__ import annotations

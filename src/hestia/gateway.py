@@ -4,9 +4,12 @@
 run(config)                         root nursery
  ├─ store writer                    the one SQLite writer (hestia.store), fed by the event bus
  ├─ periodic save                   each service's last use, every 30 s and at the end
- ├─ webhooks                        one task per `notify` entry (notify.py)
+ ├─ reloader                        reloads (reloader.py), one at a time; owns the webhooks
+ │    │                             (notify.py), the routes' health probes, and the
+ │    └─ supervisor × added         supervisors of backends a reload added
  ├─ systemd                         STATUS= and WATCHDOG=1 to NOTIFY_SOCKET (systemd.py)
- ├─ signal watcher                  SIGINT/SIGTERM/SIGHUP → graceful shutdown; a second → at once
+ ├─ signal watcher                  SIGINT/SIGTERM → graceful shutdown; a second → at once
+ ├─ reload watcher                  SIGHUP → `Gateway.reload()`
  └─ backends nursery
       ├─ supervisor × service       each owns its backend (see lifecycle/supervisor.py)
       └─ HTTP server                hypercorn's trio worker serving the Quart-Trio app
@@ -24,6 +27,11 @@ A backend started through Semaphore is journaled in the store at each stage inst
 killed Hestia left is settled in its supervisor's task while the server already listens, the
 backend holding its requests meanwhile (lifecycle/remote_recovery.py).
 
+Every layer that serves (the app, the proxy, the auth gate, the metrics) holds the same
+`supervisors` and `routes` dicts and `Addressing`, which a reload changes in place (reloader.py:
+`Reloader`, the one owner of the running configuration; `Gateway.reload()`, SIGHUP and
+`POST /v1/reload` all go through `Reloader.reload()`).
+
 Shutdown order: the server stops accepting and gives in-flight requests `grace_period` to
 finish; then every supervisor stops its backend (stop signal, then SIGKILL to the process group);
 then `run` returns. A backend that was never started is left alone.
@@ -31,7 +39,6 @@ then `run` returns. A backend that was never started is left alone.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -39,20 +46,20 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from pathlib import Path
 
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .config import BACKEND_SEPARATOR, Config, upstream_warnings
+from .config import BACKEND_SEPARATOR, Config
 from .errors import ConfigError
 from .events import EventBus
 from .http import hypercorn_fixes
 from .http.addressing import Addressing
 from .http.app import create_app
-from .http.auth import AuthGate, hash_key, new_key
+from .http.auth import hash_key, new_key
 from .launchers import make_launcher
 from .launchers.registry import boot_id, proc_stat, record_path
 from .lifecycle.groups import Group
@@ -63,24 +70,24 @@ from .lifecycle.recovery import recover
 from .lifecycle.remote_recovery import resume_remote
 from .lifecycle.supervisor import Supervisor
 from .metrics import Metrics
-from .notify import Notifier
 from .private_files import data_dir_warning, private_dir
-from .routing.registry import Registry
-from .routing.router import Route, build_routes, load_registry
+from .reload import ReloadResult
+from .reloader import Front, Reloader, config_warnings
+from .routing.router import build_routes, load_registry
 from .semaphore.hub import SemaphoreHub
 from .semaphore.journal import RemoteJournal
 from .store import Store, StoreError, open_error
 from .systemd import InheritedSocket, SystemdNotifier, listen_fds, status_line
 
-__all__ = ["Gateway", "build_supervisors", "run"]
+__all__ = ["Gateway", "build_groups", "build_placements", "build_supervisor",
+           "build_supervisors", "run"]
 
 log = structlog.get_logger("hestia.gateway")
 
 # What hypercorn accepts as a request head when a service sets no header limit.
 HEADER_CAP = 1024 * 1024
 DB_NAME = "hestia.db"
-# An admin key for `hestia status|start|stop|reload` on this machine, written (mode 0600) at
-# each start.
+# An admin key for `hestia status|start|stop` on this machine, written (mode 0600) at each start.
 CLI_KEY_FILE = "cli.key"
 CLI_KEY_NAME = "hestia-cli"
 SAVE_EVERY_S = 30.0
@@ -91,15 +98,33 @@ class Gateway:
     """What `run` hands to `task_status.started()`: where it listens and what it runs."""
 
     urls: list[str]
-    supervisors: dict[str, Supervisor]
+    supervisors: dict[str, Supervisor]  # changed in place by reloads
     _shutdown: trio.Event = field(repr=False)
     events: EventBus = field(default_factory=EventBus, repr=False)
-    # `async with gateway.systemd.reloading(): …` around a reload (Type=notify-reload).
+    _reloader: Reloader | None = field(default=None, repr=False)
+    # Told READY, RELOADING, STATUS, STOPPING and WATCHDOG (systemd.py); a no-op without systemd.
     systemd: SystemdNotifier = field(default_factory=SystemdNotifier, repr=False)
 
     @property
     def url(self) -> str:
         return self.urls[0]
+
+    async def reload(self) -> ReloadResult:
+        """Read the configuration file again and apply what changed (reloader.py), as SIGHUP
+        and `POST /v1/reload` do; one reload at a time. Never raises for a bad file or a
+        refused change: `result.ok` is False, and `result.error` says why."""
+        assert self._reloader is not None
+        return await self._reloader.reload()
+
+    @property
+    def config_file(self) -> Path | None:
+        """The file reloads read; None for a configuration given as data."""
+        source = self._reloader.source if self._reloader is not None else None
+        return Path(source) if source is not None else None
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        return self._reloader.last if self._reloader is not None else None
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown, as SIGTERM does."""
@@ -108,31 +133,59 @@ class Gateway:
 
 def build_supervisors(config: Config, machines: Machines | None = None,
                       semaphore: SemaphoreHub | None = None,
-                      events: EventBus | None = None) -> dict[str, Supervisor]:
+                      events: EventBus | None = None,
+                      groups: dict[str, Group] | None = None) -> dict[str, Supervisor]:
     machines = machines or Machines(config)
-    groups = {name: Group(name, g.max_running) for name, g in config.groups.items()}
+    groups = groups if groups is not None else build_groups(config)
     supervisors: dict[str, Supervisor] = {}
-    for name, service in config.services.items():
-        log_path = config.data_dir / "logs" / f"{name}.log"
-        # One record per service: whichever placement runs it, only one runs at a time.
-        record = record_path(config.data_dir, name)
-        launcher = partial(make_launcher, log_path=log_path, record_path=record, service=name,
-                           semaphore=semaphore)
-        fallbacks = [
-            Placement(f.machine, f.upstream, f.upstream_host, f.upstream_port,
-                      f.upstream_prefix.encode(), launcher(f.launcher),
-                      make_probe(f, f.readiness or service.readiness),
-                      f.readiness or service.readiness)
-            for f in service.fallbacks]
-        supervisors[name] = Supervisor(
-            name, service, launcher(service.launcher), make_probe(service),
-            backend=name.partition(BACKEND_SEPARATOR)[2] or "default",
-            fallbacks=fallbacks, machines=machines,
-            group=groups[service.group] if service.group is not None else None,
-            drain_timeout=config.grace_period, events=events,
-            # Looked up by id when needed, never held: an entry replaced later is what counts.
-            peers=supervisors)
+    for name in config.services:
+        supervisors[name] = build_supervisor(config, name, machines, semaphore, events, groups,
+                                             peers=supervisors)
     return supervisors
+
+
+def build_groups(config: Config, groups: dict[str, Group] | None = None) -> dict[str, Group]:
+    """The exclusive groups of `config`; those of `groups` (a reload's current ones) are kept,
+    with their new `max_running`, so that the members they hold stay counted."""
+    made = {}
+    for name, settings in config.groups.items():
+        group = (groups or {}).get(name) or Group(name, settings.max_running)
+        group.max_running = settings.max_running
+        made[name] = group
+    return made
+
+
+def build_placements(config: Config, name: str,
+                     semaphore: SemaphoreHub | None) -> list[Placement]:
+    """Backend `name`'s placements (primary first), each with its launcher and probe."""
+    service = config.services[name]
+    log_path = config.data_dir / "logs" / f"{name}.log"
+    # One record per service: whichever placement runs it, only one runs at a time.
+    record = record_path(config.data_dir, name)
+    launcher = partial(make_launcher, log_path=log_path, record_path=record, service=name,
+                       semaphore=semaphore)
+    return [Placement.primary(service, launcher(service.launcher), make_probe(service)), *(
+        Placement(f.machine, f.upstream, f.upstream_host, f.upstream_port,
+                  f.upstream_prefix.encode(), launcher(f.launcher),
+                  make_probe(f, f.readiness or service.readiness),
+                  f.readiness or service.readiness)
+        for f in service.fallbacks)]
+
+
+def build_supervisor(config: Config, name: str, machines: Machines,
+                     semaphore: SemaphoreHub | None, events: EventBus | None,
+                     groups: dict[str, Group], *,
+                     peers: dict[str, Supervisor]) -> Supervisor:
+    """Backend `name`'s supervisor. `peers` is the gateway's dict of them all (which a reload
+    changes in place): dependencies are looked up in it by id when needed, never held."""
+    service = config.services[name]
+    primary, *fallbacks = build_placements(config, name, semaphore)
+    return Supervisor(
+        name, service, primary.launcher, primary.probe,
+        backend=name.partition(BACKEND_SEPARATOR)[2] or "default",
+        fallbacks=fallbacks, machines=machines,
+        group=groups[service.group] if service.group is not None else None,
+        drain_timeout=config.grace_period, events=events, peers=peers)
 
 
 def _hypercorn_config(config: Config,
@@ -143,33 +196,31 @@ def _hypercorn_config(config: Config,
     hc.bind = [s.bind for s in inherited] if inherited else [config.listen]
     hc.accesslog = None  # Hestia logs each request itself, with its request id
     hc.errorlog = logging.getLogger("hypercorn.error")  # rendered like Hestia's own events
-    hc.graceful_timeout = config.grace_period
     hc.keep_alive_timeout = 30
     # Bursts of new connections (many clients waiting for one cold start) must not overflow
     # the accept queue: a dropped SYN costs the client a 1 s retransmit.
     hc.backlog = 2048
     hc.include_server_header = False  # the upstream's own Server and Date headers pass through
     hc.include_date_header = False
-    # Hypercorn's own bounds must let every service's `limits` through, so that a request over a
-    # service's limit gets that service's 431 (hypercorn's own answer is a bare 400), and a
-    # WebSocket message as large as a service allows passes.
-    limits = [s.limits for s in config.services.values()]
-    hc.h11_max_incomplete_size = max(
-        [HEADER_CAP if not lim.max_header_size else lim.max_header_size for lim in limits]
-        + [hc.h11_max_incomplete_size]) + 4096
-    hc.websocket_max_message_size = max([lim.max_message_size for lim in limits]
-                                        + [hc.websocket_max_message_size])
+    _set_limits(hc, config)
     return hc
 
 
-def _is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _set_limits(hc: HypercornConfig, config: Config) -> None:
+    """What a reload may change of the server's settings: hypercorn reads them from `hc` for
+    each new connection, and at shutdown."""
+    hc.graceful_timeout = config.grace_period
+    # Hypercorn's own bounds must let every service's `limits` through, so that a request over a
+    # service's limit gets that service's 431 (hypercorn's own answer is a bare 400), and a
+    # WebSocket message as large as a service allows passes.
+    # From hypercorn's defaults, not the current values: a reload may lower them again.
+    defaults = HypercornConfig()
+    limits = [s.limits for s in config.services.values()]
+    hc.h11_max_incomplete_size = max(
+        [HEADER_CAP if not lim.max_header_size else lim.max_header_size for lim in limits]
+        + [defaults.h11_max_incomplete_size]) + 4096
+    hc.websocket_max_message_size = max([lim.max_message_size for lim in limits]
+                                        + [defaults.websocket_max_message_size])
 
 
 async def run(config: Config, *, handle_signals: bool = True,
@@ -180,30 +231,23 @@ async def run(config: Config, *, handle_signals: bool = True,
     # Read (and removed from the environment) before any backend can inherit them.
     inherited = listen_fds()
     systemd = SystemdNotifier.from_environ()
-    for path, warning in upstream_warnings(config):
-        log.warning("upstream_shared", path=path, detail=warning)
-    listen = ", ".join(s.address for s in inherited) or config.listen
     if inherited:
         log.info("socket_activated", sockets=[s.address for s in inherited],
                  fds=[s.fd for s in inherited],
                  detail=f"serving on the sockets systemd passed; {config.listen} is not bound")
-    if not (all(s.loopback for s in inherited) if inherited else _is_loopback(config.listen)):
-        if not config.auth.enabled:
-            log.warning("listening_beyond_loopback", listen=listen,
-                        detail="auth is off: anyone who can reach this address can use every "
-                               "service and the whole API; set auth.enabled and make keys "
-                               "with `hestia keys create`")
+    config_warnings(config, [(s.address, s.loopback) for s in inherited])
     events = EventBus()
     semaphore = SemaphoreHub(config, events=events) if config.semaphore is not None else None
+    hubs = [semaphore] if semaphore is not None else []  # and those reloads make
     try:
         if semaphore is not None:
             await _check_templates(semaphore)
-        await _run(config, events, semaphore, handle_signals, task_status,
+        await _run(config, events, semaphore, hubs, handle_signals, task_status,
                    systemd=systemd, inherited=inherited)
     finally:
-        if semaphore is not None:
-            with trio.CancelScope(shield=True):
-                await semaphore.aclose()
+        with trio.CancelScope(shield=True):
+            for hub in hubs:
+                await hub.aclose()
     log.info("gateway_stopped")
 
 
@@ -219,10 +263,12 @@ async def _check_templates(semaphore: SemaphoreHub) -> None:
 
 
 async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
-               handle_signals: bool, task_status: trio.TaskStatus[Gateway], *,
-               systemd: SystemdNotifier, inherited: list[InheritedSocket]) -> None:
+               hubs: list[SemaphoreHub], handle_signals: bool,
+               task_status: trio.TaskStatus[Gateway], *, systemd: SystemdNotifier,
+               inherited: list[InheritedSocket]) -> None:
     machines = Machines(config)
-    supervisors = build_supervisors(config, machines, semaphore, events)
+    groups = build_groups(config)
+    supervisors = build_supervisors(config, machines, semaphore, events, groups)
     registry = load_registry(config.strategies_dir)
     routes = build_routes(config, supervisors, registry)
     _prepare_data_dir(config)
@@ -240,37 +286,50 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
         journal.attach(store, (os.getpid(), stat.start_time if stat is not None else None,
                                boot_id()))
         events.add_listener(journal.listen)
-        await _serve_all(config, events, store, machines, supervisors, routes, registry,
+        hc = _hypercorn_config(config, inherited)
+
+        def on_config(old: Config, new: Config) -> None:
+            _set_limits(hc, new)
+            if new.auth.enabled and not old.auth.enabled:
+                _write_cli_key(store, new)
+
+        metrics = Metrics(supervisors)
+        shutdown = trio.Event()
+        addressing = Addressing.from_config(config)
+        front = Front()
+        reloader = Reloader(
+            config, events=events, store=store, supervisors=supervisors, routes=routes,
+            machines=machines, groups=groups, registry=registry, addressing=addressing,
+            front=front, semaphore=semaphore, hubs=hubs,
+            build_supervisor=build_supervisor, build_placements=build_placements,
+            build_groups=build_groups, on_config=on_config, systemd=systemd,
+            inherited=[(s.address, s.loopback) for s in inherited])
+        front.app = create_app(supervisors, machines, events=events, metrics=metrics,
+                               store=store, shutdown=shutdown, routes=routes,
+                               registry=registry, addressing=addressing, reloads=reloader)
+        front.configure(config, store, addressing)
+        await _serve_all(config, events, store, metrics, reloader, front, hc, shutdown,
                          handle_signals, task_status,
                          partial(resume_remote, config, supervisors, journal, semaphore),
-                         systemd=systemd, inherited=inherited)
+                         systemd=systemd)
     finally:
         store.close()
 
 
-async def _serve_all(config: Config, events: EventBus, store: Store, machines: Machines,
-                     supervisors: dict[str, Supervisor], routes: dict[str, Route],
-                     registry: Registry, handle_signals: bool,
+async def _serve_all(config: Config, events: EventBus, store: Store, metrics: Metrics,
+                     reloader: Reloader, front: Front, hc: HypercornConfig,
+                     shutdown: trio.Event, handle_signals: bool,
                      task_status: trio.TaskStatus[Gateway],
                      resume: Callable[[], list[Callable[[], Awaitable[None]]]], *,
-                     systemd: SystemdNotifier, inherited: list[InheritedSocket]) -> None:
-    metrics = Metrics(supervisors)
+                     systemd: SystemdNotifier) -> None:
+    supervisors = reloader.supervisors
     events.add_listener(metrics.listen)
     events.add_listener(store.record_event)
-    shutdown = trio.Event()
-    app: Any = create_app(supervisors, machines, events=events, metrics=metrics, store=store,
-                          shutdown=shutdown, routes=routes, registry=registry,
-                          addressing=Addressing.from_config(config))
-    if config.auth.enabled:
-        app = AuthGate(app, config, store)
     async with trio.open_nursery() as root:
         # The writer first, and out last: it writes what the supervisors' stops publish.
         await root.start(store.run)
         root.start_soon(_save_periodically, store, supervisors)
-        for route in routes.values():
-            await root.start(route.run)
-        if config.notify:
-            await root.start(Notifier(config.notify, events).run)
+        await root.start(reloader.run)  # the routes' probes and the webhooks, at once
         events.add_listener(lambda event: systemd.status_changed()
                             if event.kind == "state" else None)
         await root.start(partial(systemd.run, lambda: status_line(supervisors.values()),
@@ -278,8 +337,10 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
         # The signal watcher outlives the forced stop, so that a third signal cannot kill
         # Hestia while its backends are being stopped.
         with trio.CancelScope() as stop_now:
+            serving = trio.Event()
             if handle_signals:
                 root.start_soon(_watch_signals, shutdown, stop_now)
+                root.start_soon(_watch_reloads, reloader, serving)
             # Before the server listens and before any backend starts: a leftover may still
             # hold its upstream's port. Shielded, like every stop of a backend: it is bounded
             # (a probe window plus the largest stop_timeout), and what it adopts must reach a
@@ -297,13 +358,16 @@ async def _serve_all(config: Config, events: EventBus, store: Store, machines: M
                 with trio.CancelScope(shield=True):
                     for supervisor in supervisors.values():
                         await backends.start(supervisor.run)
-                urls = await backends.start(partial(_serve, app,
-                                                    _hypercorn_config(config, inherited),
-                                                    shutdown, list(supervisors.values()),
+                urls = await backends.start(partial(_serve, front, hc, shutdown, reloader,
                                                     events))
                 log.info("gateway_listening", urls=urls, services=sorted(supervisors))
                 systemd.ready()
-                task_status.started(Gateway(urls, supervisors, shutdown, events, systemd=systemd))
+                serving.set()
+                task_status.started(Gateway(urls, supervisors, shutdown, events, reloader,
+                                            systemd=systemd))
+            # Those a reload added, stopped by `_serve` on its way out like the others.
+            with trio.CancelScope(shield=True):
+                await reloader.supervisors_done.wait()
         _save(store, supervisors)
         root.cancel_scope.cancel()
 
@@ -374,7 +438,7 @@ def _write_cli_key(store: Store, config: Config) -> None:
 
 
 async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
-                 supervisors: list[Supervisor], events: EventBus, *,
+                 reloader: Reloader, events: EventBus, *,
                  task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     async def trigger() -> None:
         await shutdown.wait()
@@ -386,14 +450,15 @@ async def _serve(app: object, hconfig: HypercornConfig, shutdown: trio.Event,
         await serve(app, hconfig, shutdown_trigger=trigger,  # type: ignore[arg-type]
                     task_status=task_status)
     finally:
-        for supervisor in supervisors:
+        reloader.close()
+        for supervisor in reloader.every_supervisor():
             supervisor.close()
 
 
 async def _watch_signals(shutdown: trio.Event, stop_now: trio.CancelScope) -> None:
     """First signal: graceful shutdown. Second: stop at once (backends are still stopped, each
     within its stop_timeout). Later ones are only logged."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             if not shutdown.is_set():
@@ -404,3 +469,14 @@ async def _watch_signals(shutdown: trio.Event, stop_now: trio.CancelScope) -> No
                 stop_now.cancel()
             else:
                 log.warning("gateway_already_stopping", signal=name)
+
+
+async def _watch_reloads(reloader: Reloader, serving: trio.Event) -> None:
+    """SIGHUP: reload the configuration file, once the gateway serves (one at a time: a signal
+    arriving during a reload is served after it). The result is logged by the reload itself.
+    Caught from the start, so that an early SIGHUP does not end the process."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        await serving.wait()
+        async for _ in signals:
+            log.info("config_reload_requested", signal="SIGHUP")
+            await reloader.reload()

@@ -210,7 +210,8 @@ def test_the_json_index_is_unchanged_for_clients_that_do_not_navigate(
                 "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
                 "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
                 "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
-                "/v1/requests", "/v1/strategies", "/v1/openapi.json", "/__health"]}
+                "/v1/requests", "/v1/strategies", "/v1/status", "/v1/reload",
+                "/v1/openapi.json", "/__health"]}
     assert "Sec-Fetch-Mode" in response.headers["vary"]
     page = httpx.get(gateway.url + "/", headers=NAVIGATE, timeout=10)
     assert page.headers["content-type"] == "text/html; charset=utf-8"

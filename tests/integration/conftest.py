@@ -5,6 +5,8 @@ These tests use the real clock; each is bounded by an outer `trio.fail_after`.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 import trio
 import yaml
 
-from hestia import Gateway, parse_config, run
+from hestia import Gateway, load_config, run
 
 UPSTREAM_APP = str(Path(__file__).parents[1] / "upstream_app.py")
 
@@ -48,12 +50,17 @@ GatewayFactory = Callable[..., Any]
 
 @pytest.fixture
 def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> GatewayFactory:
-    """`await start_gateway(services={...}, **top_level)` → a running `Gateway`."""
+    """`await start_gateway(services={...}, **top_level)` → a running `Gateway`, started from
+    a file of its own (`gateway.config_file`, which `gateway.reload()` reads again)."""
+    made = itertools.count(1)
 
     async def start(**top: Any) -> Gateway:
         raw = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data"),
                "grace_period": "2s", **top}
-        config = parse_config(raw, env={})
+        path = tmp_path / f"hestia-{next(made)}.yml"
+        # Through JSON: the YAML a person would write (tuples as lists, paths as strings).
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
+        config = load_config(path, env={})
         return await nursery.start(partial(run, config, handle_signals=False))
 
     return start

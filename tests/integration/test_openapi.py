@@ -381,6 +381,20 @@ async def test_real_answers_in_every_state_match_the_document(start_gateway, spe
             check(await http.get("/v1/activity", params={"limit": "-1"}), 400)
             check(await http.get("/v1/metrics"), 200)
 
+            # Reloads: the file as it is, an invalid one, one that only a restart applies.
+            assert check(await http.get("/v1/status"), 200)["lastReload"] is None
+            assert check(await http.post("/v1/reload"), 200)["changes"]["unchanged"] == 5
+            path = gateway.config_file
+            assert path is not None
+            text = path.read_text()
+            path.write_text(text.replace("grace_period: 2s", "grace_period: soon"))
+            assert check(await http.post("/v1/reload"), 422)["errors"][0]["path"] == \
+                "grace_period"
+            path.write_text(text.replace("127.0.0.1:0", "127.0.0.1:1"))
+            assert check(await http.post("/v1/reload"), 409)["fields"] == ["listen"]
+            assert check(await http.get("/v1/status"), 200)["lastReload"]["error"] == \
+                "restart_required"
+
         # Every route bounds a body before it acts, whether it takes one or not.
         for method, path, code in sorted(spec.documented() - spec.seen):
             if code == "413":

@@ -366,3 +366,46 @@ async def test_the_seeds_environment_switches_start_a_service_through_semaphore(
             assert status["machineId"] == "aws-gpu-instance"
             assert status["automation"]["last_task"]["action"] == "start"
         assert machine.starts == 1
+
+
+async def test_a_reload_with_a_new_semaphore_token_restarts_the_backend_through_it(
+        start_gateway, standin, machine):
+    with trio.fail_after(30):
+        project = standin.add_project("infra")
+        standin.add_template(project, "start echo", machine.start, environment={})
+        standin.add_template(project, "stop echo", machine.stop, environment={})
+        old = semaphore_block(standin)
+        gateway: Gateway = await start_gateway(
+            semaphore=old,
+            machines={"gpu": {"semaphore": {"start_template": "start echo",
+                                            "stop_template": "stop echo"}}},
+            services={"echo": {"upstream": machine.upstream, "machine": "gpu",
+                               "readiness": {"http": "/health"}, "idle_timeout": "1h"}})
+        path = gateway.config_file
+        assert path is not None
+        raw = yaml.safe_load(path.read_text())
+        async with client(gateway) as http:
+            assert (await http.get("/services/echo/echo")).status_code == 200
+
+            raw["machines"]["gpu"]["semaphore"]["stop_template"] = "stop ech0"
+            path.write_text(yaml.safe_dump(raw))
+            refused = await http.post("/v1/reload")
+            assert refused.status_code == 422
+            assert [e["path"] for e in refused.json()["errors"]] == [
+                "machines.gpu.semaphore.stop_template"]
+            assert gateway.supervisors["echo"].state.name == "READY"
+
+            new = semaphore_block(standin)
+            raw["semaphore"] = new
+            raw["machines"]["gpu"]["semaphore"]["stop_template"] = "stop echo"
+            path.write_text(yaml.safe_dump(raw))
+            changes = (await http.post("/v1/reload")).json()["changes"]
+            assert (changes["topLevel"], changes["restarted"]) == (
+                ["semaphore"], {"echo": ["semaphore"]})
+            await wait_for_state(gateway, "echo", "COLD")
+            assert machine.process is None  # stopped by its stop playbook, as it was started
+            standin.requests.clear()
+            assert (await http.get("/services/echo/echo")).status_code == 200
+            assert machine.starts == 2
+            tokens = {r.headers.get("authorization") for r in standin.requests}
+            assert tokens == {f"Bearer {new['token']}"}

@@ -38,6 +38,25 @@ class Addressing:
 
     def __init__(self, services: Iterable[str], hosts: Mapping[str, Iterable[str]] | None = None,
                  service_domain: str | None = None, allowed_hosts: Iterable[str] = ()) -> None:
+        self._configure(services, hosts, service_domain, allowed_hosts)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Addressing:
+        return cls(*cls._arguments(config))
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's names, in place (every layer holds this one object);
+        what was decided for each `Host` so far is forgotten."""
+        self._configure(*self._arguments(config))
+
+    @staticmethod
+    def _arguments(config: Config) -> tuple[Any, ...]:
+        return (config.routes, {sid: config.services[route.backends[0]].hosts
+                                for sid, route in config.routes.items()},
+                config.service_domain, config.allowed_hosts)
+
+    def _configure(self, services: Iterable[str], hosts: Mapping[str, Iterable[str]] | None,
+                   service_domain: str | None, allowed_hosts: Iterable[str]) -> None:
         self.services = sorted(services)
         self.domain = service_domain
         self._suffix = "." + service_domain if service_domain else None
@@ -52,12 +71,6 @@ class Addressing:
         if service_domain:
             self._allowed_names.add(service_domain)
         self._verdicts: dict[bytes, tuple[str, str] | object] = {}
-
-    @classmethod
-    def from_config(cls, config: Config) -> Addressing:
-        return cls(config.routes, {sid: config.services[route.backends[0]].hosts
-                                   for sid, route in config.routes.items()},
-                   config.service_domain, config.allowed_hosts)
 
     @property
     def by_host(self) -> bool:

@@ -19,6 +19,7 @@ from ..errors import (
     GatewayError,
     HTTPProblem,
     NotFound,
+    NotReloadable,
     RequestRejected,
     UnknownService,
     error_response,
@@ -28,6 +29,7 @@ from ..lifecycle.placement import Machines
 from ..lifecycle.supervisor import State, Supervisor
 from ..metrics import Metrics
 from ..observability import request_id_from
+from ..reload import Reloads
 from ..routing.registry import Registry, default_registry
 from ..routing.router import Route
 from ..store import Store
@@ -52,9 +54,12 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
                store: Store | None = None, shutdown: trio.Event | None = None,
                routes: Mapping[str, Route] | None = None,
                registry: Registry | None = None,
-               addressing: Addressing | None = None) -> QuartTrio:
+               addressing: Addressing | None = None,
+               reloads: Reloads | None = None) -> QuartTrio:
     """The ASGI app serving the proxy and the API for these supervisors (each its own route
-    unless `routes` says which serve which service)."""
+    unless `routes` says which serve which service). `supervisors` and `routes` are read at
+    each request: a reload changes them in place. Without `reloads`, `POST /v1/reload` is
+    409 `not_reloadable`."""
     machines = machines or Machines()
     if routes is None:
         routes = {name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
@@ -143,6 +148,23 @@ def create_app(supervisors: Mapping[str, Supervisor], machines: Machines | None 
     @app.get("/__health")
     async def health() -> Response:
         return jsonify(status="ok", services=len(supervisors))
+
+    @app.post("/v1/reload")
+    async def reload_config() -> Response:
+        """Raises `ConfigInvalid` (422), `RestartRequired` or `NotReloadable` (409)."""
+        if reloads is None:
+            raise NotReloadable("this app serves no gateway that could reload")
+        result = await reloads.reload()
+        if result.error is not None:
+            raise result.error
+        return jsonify(result.as_dict())
+
+    @app.get("/v1/status")
+    async def gateway_status() -> Response:
+        last = reloads.last if reloads is not None else None
+        return jsonify(configFile=reloads.source if reloads is not None else None,
+                       services=len(routes), backends=len(supervisors),
+                       lastReload=last.as_dict() if last is not None else None)
 
     @app.get("/v1/machines")
     async def list_machines() -> Response:

@@ -92,12 +92,13 @@ class AuthGate:
     """ASGI middleware in front of the whole app."""
 
     def __init__(self, app: Any, config: Config, store: Store,
-                 sessions: Sessions | None = None) -> None:
+                 sessions: Sessions | None = None, addressing: Addressing | None = None,
+                 ) -> None:
         """Raises `StoreError` when the sessions' table cannot be made."""
         self.app = app
         self.store = store
         self.forward = config.auth.forward_authorization
-        self.addressing = Addressing.from_config(config)
+        self.addressing = addressing or Addressing.from_config(config)
         # Services (and, for the waiting page's endpoints, backends) that need no key.
         self.open_ids = {sid for sid, route in config.routes.items()
                          if all(config.services[b].auth == "none" for b in route.backends)}

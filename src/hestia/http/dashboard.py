@@ -40,7 +40,8 @@ API = ["/v1/services", "/v1/services/{id}/status", "/v1/services/{id}/start",
        "/v1/services/{id}/stop", "/v1/machines", "/v1/machines/{id}/disable",
        "/v1/machines/{id}/enable", "/v1/semaphore/status", "/v1/semaphore/start",
        "/v1/semaphore/stop", "/v1/events", "/v1/activity", "/v1/metrics", "/metrics",
-       "/v1/requests", "/v1/strategies", "/v1/openapi.json", "/__health"]
+       "/v1/requests", "/v1/strategies", "/v1/status", "/v1/reload", "/v1/openapi.json",
+       "/__health"]
 
 
 def dashboard_blueprint(supervisors: Mapping[str, Supervisor], routes: Mapping[str, Route],
@@ -246,6 +247,12 @@ def describe(kind: str, d: dict[str, Any]) -> str:
         return f"a request gave up after {d.get('waited_s')} s while {d.get('state')}"
     if kind == "semaphore_task":
         return f"Semaphore task {d.get('task_id')} ({d.get('action')}): {d.get('status')}"
+    if kind == "config_reloaded":
+        parts = [f"{len(d.get(k) or ())} {k}" for k in ("added", "removed", "restarted",
+                                                        "updated") if d.get(k)]
+        return "configuration reloaded: " + (", ".join(parts) or "no service changed")
+    if kind == "config_reload_failed":
+        return f"configuration reload refused: {d.get('detail')}"
     if kind == "machine":
         return f"machine {d.get('machine')} {'enabled' if d.get('enabled') else 'disabled'}"
     return kind.replace("_", " ")

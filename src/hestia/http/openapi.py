@@ -107,7 +107,10 @@ SCHEMAS: dict[str, Schema] = {
                   "services": {**STRINGS, "description": "the configured services (404)"},
                   "attempts": {"type": "array", "items": _ref("StartAttempt")},
                   "reason": STR, "exit_status": _or_null(INT), "log_tail": STRINGS,
-                  "estimated_wait_ms": COUNT, "limit": COUNT},
+                  "estimated_wait_ms": COUNT, "limit": COUNT,
+                  "errors": {"type": "array", "items": _ref("ConfigProblem"),
+                             "description": "`config_invalid`: every problem of the file"},
+                  "fields": {**STRINGS, "description": "`restart_required`: what changed"}},
         description="Every error Hestia answers itself; further fields may be added."),
     "State": {"type": "string", "enum": STATES},
     "StartAttempt": _object(
@@ -248,6 +251,27 @@ SCHEMAS: dict[str, Schema] = {
             {"name": STR, "origin": STR, "doc": STR}, closed=True)},
          "services": {"type": "array", "items": _ref("RouteStatus")}}, closed=True),
     "Health": _object({"status": {"const": "ok"}, "services": COUNT}, closed=True),
+    "ConfigProblem": _object({"path": STR, "message": STR}, closed=True,
+                             description="`path` is empty for a problem of the whole file"),
+    "ConfigChanges": _object(
+        {"added": STRINGS, "removed": STRINGS,
+         "restarted": {"type": "object", "additionalProperties": STRINGS,
+                       "description": "backend → the fields that changed (a launch field "
+                       "among them): drained, stopped, started again with them"},
+         "updated": {"type": "object", "additionalProperties": STRINGS,
+                     "description": "backend (or service, for `strategy`) → the policy "
+                     "fields taken in place"},
+         "unchanged": COUNT, "topLevel": STRINGS}, closed=True),
+    "ReloadResult": _object(
+        {"ok": BOOL, "at": TIME, "source": _or_null(STR),
+         "changes": {"anyOf": [_ref("ConfigChanges"), {"type": "null"}]},
+         "error": _or_null(STR), "detail": _or_null(STR),
+         "errors": {"type": "array", "items": _ref("ConfigProblem")}}, closed=True,
+        description="One reload: applied (`changes`), or refused (`error`, `detail`, "
+                    "`errors`) with the running configuration unchanged"),
+    "GatewayStatus": _object(
+        {"configFile": _or_null(STR), "services": COUNT, "backends": COUNT,
+         "lastReload": {"anyOf": [_ref("ReloadResult"), {"type": "null"}]}}, closed=True),
 }
 
 
@@ -347,6 +371,17 @@ PATHS: dict[str, Any] = {
         "stopService", "Stop a service (in-flight requests get the grace period; a start "
         "under way is cancelled)", {"202": _json(_ref("Accepted"), "the stop is under way"),
                                     "404": UNKNOWN, "409": CONFLICT}, parameters=[SERVICE])},
+    "/v1/status": {"get": _op("gatewayStatus", "The gateway's own status: its configuration "
+                              "file, its counts, and the last reload's result",
+                              {"200": _json(_ref("GatewayStatus"), "ok")}, tag="meta")},
+    "/v1/reload": {"post": _op(
+        "reload", "Read the configuration file again and apply what changed (as SIGHUP does)",
+        {"200": _json(_ref("ReloadResult"), "applied: what changed"),
+         "409": _error("`restart_required`: `listen`, `data_dir` or `log_level` changed "
+                       "(`fields`), nothing applied; or `not_reloadable`: the gateway has no "
+                       "configuration file (the built-in demo)"),
+         "422": _error("`config_invalid`: the file is invalid (`errors`); nothing applied")},
+        tag="meta")},
     "/v1/machines": {"get": _op("listMachines", "Machines and whether each is in rotation",
                                 {"200": _json(_object({"machines": {
                                     "type": "array", "items": _ref("Machine")}}, closed=True),

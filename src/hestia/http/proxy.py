@@ -92,11 +92,19 @@ class ProxyHandler:
         self.routes = routes if routes is not None else {
             name: Route(name, [(name, sup)]) for name, sup in supervisors.items()}
         self.addressing = addressing or Addressing(self.routes)
-        self._ignore = {name: rules for name, sup in supervisors.items()
-                        if (rules := IgnoreRules.of(sup.config.activity.ignore)) is not None}
+        # By backend, with the settings they were made from: a reload may change them.
+        self._ignore: dict[str, tuple[object, IgnoreRules | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.forward(scope, receive, send)
+
+    def _ignore_rules(self, supervisor: Supervisor) -> IgnoreRules | None:
+        """`activity.ignore` of the backend, compiled once per configuration it has had."""
+        settings = supervisor.config.activity.ignore
+        known = self._ignore.get(supervisor.name)
+        if known is None or known[0] is not settings:
+            known = self._ignore[supervisor.name] = (settings, IgnoreRules.of(settings))
+        return known[1]
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, *,
                       answer_errors: bool = True) -> None:
@@ -235,7 +243,7 @@ class ProxyHandler:
         await req.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, supervisor: Supervisor, req: ProxyRequest) -> None:
-        rules = self._ignore.get(supervisor.name)
+        rules = self._ignore_rules(supervisor)
         passive = rules is not None and rules.match(req.address.path, req.scope["headers"])
         lease = supervisor.acquire_nowait(passive=passive)
         if lease is None:

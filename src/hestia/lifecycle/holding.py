@@ -54,6 +54,7 @@ class HoldQueue:
     next_attempt_in: float | None
     _stop_requested: str | None
     _closing: bool
+    _closing_detail: str  # why no lease is granted any more
     _failure: GatewayError | None  # answered while FAILED
     _backoff: Backoff
 
@@ -228,7 +229,7 @@ class HoldQueue:
 
     async def _wait_for_lease(self) -> Lease:
         if self._closing:
-            raise StartCancelled("the gateway is shutting down", service=self.name,
+            raise StartCancelled(self._closing_detail, service=self.name,
                                  retry_after=self.retry_after())
         if self.state is State.FAILED and self._failure is not None:
             failure = copy.copy(self._failure)

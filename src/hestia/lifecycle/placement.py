@@ -110,6 +110,22 @@ class Machines:
             machine.skip_until = trio.current_time() + machine.config.skip_for
             machine.failures = 0
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's machines: a machine kept keeps whether a person disabled
+        it and its failures in a row, with its new settings; new ones are added, gone ones
+        removed (no backend names them any more: checked at load)."""
+        current = self._machines
+        self._machines = {}
+        for mid, mc in config.machines.items():
+            machine = current.get(mid) or _Machine(mid, mc)
+            machine.config = mc
+            self._machines[mid] = machine
+        if "local" not in self._machines:
+            local = current.get("local")
+            if local is None or local.skips:  # it was declared: now implicit again
+                local = _Machine("local", MachineConfig(), skips=False)
+            self._machines["local"] = local
+
     def set_enabled(self, machine_id: str, enabled: bool) -> bool:
         """False when the machine was already so."""
         machine = self._machines[machine_id]

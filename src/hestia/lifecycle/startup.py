@@ -76,6 +76,12 @@ class Backoff:
     def cooldown_remaining(self) -> float:
         return max(0.0, self.failed_until - trio.current_time())
 
+    def failures_now(self, ready_for: float | None) -> int:
+        """The failures in a row, for a backend READY for `ready_for` seconds (None: not
+        READY): one READY `STABLE_AFTER` has proved itself (the count is reset when READY
+        ends)."""
+        return 0 if ready_for is not None and ready_for >= STABLE_AFTER else self.failures
+
     def reset(self) -> None:
         """Stopped on purpose, or proved itself: what failed before is no longer in a row."""
         self.failures = 0

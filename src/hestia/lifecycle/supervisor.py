@@ -47,13 +47,15 @@ from ..events import EventBus
 from ..launchers.base import Launcher, Running
 from ..upstream import UpstreamPool
 from .groups import Group
+from .health import HealthWatch
 from .history import StartHistory
 from .holding import HoldQueue
 from .leases import Lease, State
 from .placement import Machines, Placement
-from .readiness import LOG_TAIL_LINES, Probe, watch_health
+from .readiness import LOG_TAIL_LINES, Probe
+from .reconfigure import Reconfiguring
 from .resuming import Resumable
-from .startup import STABLE_AFTER, Backoff, StartSequence
+from .startup import Backoff, StartSequence
 from .warmth import Peer, Warmth
 
 __all__ = ["Lease", "State", "Supervisor"]
@@ -61,7 +63,7 @@ __all__ = ["Lease", "State", "Supervisor"]
 log = structlog.get_logger("hestia.supervisor")
 
 
-class Supervisor(HoldQueue, Warmth, Resumable):
+class Supervisor(HoldQueue, Reconfiguring, Warmth, Resumable, HealthWatch):
     """Owns one backend: `await nursery.start(sup.run)`, then `async with sup.lease(): …`."""
 
     def __init__(self, name: str, config: ServiceConfig, launcher: Launcher, probe: Probe, *,
@@ -102,7 +104,8 @@ class Supervisor(HoldQueue, Warmth, Resumable):
         self._stop_requested: str | None = None
         self._start_scope: trio.CancelScope | None = None
         self._closing = False
-        self._unhealthy: str | None = None  # why the health check gave up on the backend
+        Reconfiguring.__init__(self)
+        HealthWatch.__init__(self)
         self._adopted: Running | None = None  # to watch once run() has its nursery
         self._failure: GatewayError | None = None  # answered while FAILED
 
@@ -142,27 +145,21 @@ class Supervisor(HoldQueue, Warmth, Resumable):
     @property
     def cooldown_remaining(self) -> float | None:
         """While FAILED: seconds until requests may start the backend again."""
-        if self.state is not State.FAILED:
-            return None
-        return self._backoff.cooldown_remaining()
+        return self._backoff.cooldown_remaining() if self.state is State.FAILED else None
 
     @property
     def failures_in_a_row(self) -> int:
         """Failed starts and crashes since the backend last stayed READY `STABLE_AFTER` (or
         was stopped on purpose)."""
-        failures = self._backoff.failures
-        if (self.state is State.READY and failures
-                and trio.current_time() - self._ready_at >= STABLE_AFTER):
-            return 0  # proved itself; the count itself is reset when READY ends
-        return failures
+        ready_for = trio.current_time() - self._ready_at if self.state is State.READY else None
+        return self._backoff.failures_now(ready_for)
 
     @property
     def next_attempt_in(self) -> float | None:
         """While COLD or FAILED after failures: seconds until the next start may begin (a
         `keep_warm` backend starts then; requests wait for it). None: it may begin at once."""
-        if self.state not in (State.COLD, State.FAILED):
-            return None
-        return self._backoff.next_attempt_in()
+        cold = self.state in (State.COLD, State.FAILED)
+        return self._backoff.next_attempt_in() if cold else None
 
     async def wait_until(self, *states: State) -> None:
         """Return once the backend is in one of `states`; the caller bounds the wait."""
@@ -246,25 +243,6 @@ class Supervisor(HoldQueue, Warmth, Resumable):
         self._restart_after_crash(ready_for)
         return self.pool
 
-    async def _stop_unhealthy(self) -> None:
-        """READY → STOPPING → COLD for a backend that failed its health checks: taken off the
-        clients in one step (no lease granted while it is being stopped), then stopped like a
-        crash."""
-        failures = self.config.health.failures if self.config.health else 0
-        reason = (f"failed {failures} health checks in a row ({self._unhealthy}) and was "
-                  "stopped")
-        self._unhealthy = None
-        running, self._running = self._running, None
-        assert running is not None
-        ready_for = self._end_ready(running, reason, None)
-        self._set_state(State.STOPPING)
-        with trio.CancelScope(shield=True):
-            await running.stop()
-        pool = self.pool
-        self._set_state(State.COLD)
-        self._restart_after_crash(ready_for)
-        await pool.clear()
-
     def _end_ready(self, running: Running, reason: str, status: int | None) -> float:
         """Record a crash and revoke every lease with it; how long the backend was READY."""
         tail = running.log_tail(LOG_TAIL_LINES)
@@ -296,8 +274,7 @@ class Supervisor(HoldQueue, Warmth, Resumable):
             async with trio.open_nursery() as nursery:
                 if self.config.always_warm:
                     self._auto_start = True
-                if self.schedule is not None:
-                    nursery.start_soon(self._follow_schedule, self.schedule)
+                nursery.start_soon(self._follow_schedule)
                 if self._adopted is not None:
                     self._idle_since = self._ready_at = trio.current_time()
                     nursery.start_soon(self._watch_exit, self._adopted)
@@ -312,12 +289,15 @@ class Supervisor(HoldQueue, Warmth, Resumable):
                 with trio.CancelScope(shield=True):
                     await running.stop()
                 self._running = self._starting.running = None
+            self.closed.set()
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
             if self._closing:
                 await self._shut_down()
                 return
+            if self._next is not None and self.state in (State.COLD, State.FAILED):
+                self._take_next()
             if self.state is State.COLD:
                 wanted = bool(self._waiters) or self._auto_start or bool(self._holds)
                 retry_at = self._backoff.retry_at
@@ -405,15 +385,19 @@ class Supervisor(HoldQueue, Warmth, Resumable):
         if self.config.always_warm and retry:
             self._auto_start = True
         running, self._running = self._running, None
+        # Cancelled for a reload (`replace_launch`): the waiters wait for the new start.
+        keep_waiters = cancelled and self._next is not None and not self._closing
         if running is not None:  # cut short in the middle of an attempt
             self._set_state(State.STOPPING)
-            self._fail_waiters(error)
+            if not keep_waiters:
+                self._fail_waiters(error)
             with trio.CancelScope(shield=True):
                 await running.stop()
             self._set_state(State.COLD)
         elif not failed:
             self._set_state(State.COLD)
-            self._fail_waiters(error)
+            if not keep_waiters:
+                self._fail_waiters(error)
         else:
             self._failure = error
             error.retry_after = self.config.startup.cooldown
@@ -444,6 +428,9 @@ class Supervisor(HoldQueue, Warmth, Resumable):
             if self._unhealthy is not None:
                 await self._stop_unhealthy()
                 return
+            if self._health_changed:
+                self._health_changed = False
+                return  # `_while_ready` again, with the new health watch
             if self._stop_requested is not None:
                 await self._stop(self._stop_requested)
                 return
@@ -456,13 +443,6 @@ class Supervisor(HoldQueue, Warmth, Resumable):
                     return
             with trio.move_on_at(deadline):
                 await self._changed.wait()
-
-    async def _check_health(self) -> None:
-        """While READY: `health.failures` failed probes in a row make the backend count as
-        crashed (stopped, then COLD)."""
-        assert self.config.health is not None
-        self._unhealthy = await watch_health(self.name, self.probe, self.config.health)
-        self._notify()
 
     async def _stop(self, reason: str) -> None:
         self._stop_requested = None
@@ -492,9 +472,12 @@ class Supervisor(HoldQueue, Warmth, Resumable):
         await pool.clear()
 
     async def _shut_down(self) -> None:
-        self._fail_waiters(StartCancelled("the gateway is shutting down", service=self.name,
+        detail = self._closing_detail
+        self._fail_waiters(StartCancelled(detail, service=self.name,
                                           retry_after=self.retry_after()))
         if self._running is not None:
-            self._revoke_leases(BackendStopped("the gateway is shutting down",
-                                               service=self.name))
-            await self._stop("shutdown")
+            # At shutdown the server has already given in-flight requests the grace period;
+            # a backend removed by a reload gives its own now (`_stop`).
+            if not self._retired:
+                self._revoke_leases(BackendStopped(detail, service=self.name))
+            await self._stop("removed" if self._retired else "shutdown")

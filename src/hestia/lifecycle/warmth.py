@@ -25,6 +25,7 @@ dependents asks them to stop and waits until they are COLD before it stops itsel
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -98,6 +99,7 @@ class Warmth:
         self._peers: Mapping[str, Peer] = peers if peers is not None else {}
         self._now = now or time.time  # wall clock, POSIX seconds: the schedule's time
         self._schedule_open: bool | None = None  # what the schedule task last found
+        self._schedule_swapped = trio.Event()  # a reload changed `schedule`
 
     @property
     def warm(self) -> bool:
@@ -228,11 +230,27 @@ class Warmth:
 
     # --- the schedule ------------------------------------------------------------------------
 
-    async def _follow_schedule(self, schedule: Schedule) -> None:
+    def set_schedule(self, schedule: Schedule | None) -> None:
+        """A reload changed `keep_warm`: the schedule task follows the new schedule (or none)
+        from now, deciding afresh whether it holds the backend."""
+        if schedule != self.schedule:
+            self.schedule = schedule
+            self._schedule_swapped.set()
+
+    async def _follow_schedule(self) -> None:
         """Hold the backend while its schedule is open. Edge-triggered: a stop through the API
-        inside a window lasts until the next window opens."""
+        inside a window lasts until the next window opens. Runs for the supervisor's life;
+        without a schedule it waits for one (`set_schedule`)."""
         target: float | None = None  # the change slept until, if the sleep reached it
         while True:
+            schedule = self.schedule
+            if schedule is None:
+                if self._schedule_open:
+                    self.unhold(SCHEDULE)
+                self._schedule_open = None
+                await self._schedule_swapped.wait()
+                self._schedule_swapped = trio.Event()
+                continue
             at = self._now() if target is None else max(self._now(), target)
             open_now, change = schedule.at(at)
             if open_now != self._schedule_open:
@@ -243,13 +261,12 @@ class Warmth:
                 else:
                     log.info("schedule_closed", service=self.name, next_open=change)
                     self.unhold(SCHEDULE)
-            if change is None:
-                await trio.sleep_forever()
-                return  # pragma: no cover
-            wait = change - at
-            if wait <= RECHECK_S:
-                await trio.sleep(wait)
-                target = change
-            else:
-                await trio.sleep(RECHECK_S)
+            wait = math.inf if change is None else change - at
+            with trio.move_on_after(min(wait, RECHECK_S)):
+                await self._schedule_swapped.wait()
+                # A new schedule: decided afresh, as at start.
+                self._schedule_swapped = trio.Event()
+                self._schedule_open = None if self.schedule is not None else open_now
                 target = None
+                continue
+            target = change if wait <= RECHECK_S else None
