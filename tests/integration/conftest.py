@@ -59,7 +59,7 @@ def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> GatewayFactory:
                "grace_period": "2s", **top}
         path = tmp_path / f"hestia-{next(made)}.yml"
         # Through JSON: the YAML a person would write (tuples as lists, paths as strings).
-        path.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str)), sort_keys=False))
         config = load_config(path, env={})
         return await nursery.start(partial(run, config, handle_signals=False))
 

@@ -12,7 +12,6 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import httpx
 import trio
 import yaml
 
@@ -221,101 +220,82 @@ async def test_keys_list_is_aligned(tmp_path):
     assert [row[at[3]:].split("  ")[0] for row in rows] == ["-", "-"]
 
 
-# --- reload -----------------------------------------------------------------------------------
-# `POST /v1/reload` is served by the live-reload branch; until both meet, these run against a
-# stand-in on a real socket that answers what that branch answers (its ReloadResult.as_dict and
-# the error tree's ConfigInvalid and RestartRequired).
+# --- reload: the real CLI against a real gateway that reads its file again -------------------
 
 
-async def stand_in(nursery: trio.Nursery, status: int, body: dict) -> str:
-    """An HTTP server on 127.0.0.1 that answers every request with `status` and `body`."""
-    payload = json.dumps(body).encode()
-
-    async def answer(stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some(65536)
-        assert request.startswith(b"POST /v1/reload ")
-        await stream.send_all(
-            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n".encode() + payload)
-        await stream.aclose()
-
-    listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
-    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+def edit(path: Path, change) -> None:
+    raw = yaml.safe_load(path.read_text())
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-RELOADED = {"ok": True, "at": "2026-11-30T09:00:00.000Z", "source": "/etc/hestia/hestia.yml",
-            "changes": {"added": ["whisper"], "removed": ["old"],
-                        "restarted": {"ollama": ["upstream", "launcher"]},
-                        "updated": {"comfy": ["idle_timeout"]}, "unchanged": 3,
-                        "topLevel": ["auth"]},
-            "error": None, "detail": None, "errors": []}
+async def test_reload_summarises_the_changes_and_json_is_the_apis_answer(start_gateway):
+    gateway = await start_gateway(services={"up": upstream_service(idle_timeout="10m"),
+                                            "same": upstream_service()})
+    path = gateway.config_file
+    assert path is not None
 
+    def change(raw: dict) -> None:
+        raw["services"]["whisper"] = raw["services"]["same"]
+        raw["services"]["up"]["idle_timeout"] = "20m"
 
-async def test_reload_summarises_the_changes(nursery):
-    url = await stand_in(nursery, 200, RELOADED)
+    edit(path, change)
     with trio.fail_after(30):
-        done = await hestia("reload", "--url", url)
-        as_json = await hestia("reload", "--url", url, "--json")
+        done = await hestia("reload", "--url", gateway.url)
+        again = await hestia("reload", "--url", gateway.url, "--json")
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == ("reloaded /etc/hestia/hestia.yml:\n"
+    assert done.stdout == (f"reloaded {path}:\n"
                            "  added: whisper\n"
-                           "  removed: old\n"
-                           "  restarted: ollama (upstream, launcher)\n"
-                           "  updated: comfy (idle_timeout)\n"
-                           "  top level: auth\n"
-                           "  unchanged: 3\n")
-    assert json.loads(as_json.stdout) == RELOADED
+                           "  updated: up (idle_timeout)\n"
+                           "  unchanged: 1\n")
+    assert set(gateway.supervisors) == {"up", "same", "whisper"}
+    assert gateway.supervisors["up"].config.idle_timeout == 1200
+    # Nothing changed since: the API's own answer, as it is.
+    assert again.returncode == 0
+    answer = json.loads(again.stdout)
+    assert (answer["ok"], answer["source"], answer["changes"]["unchanged"]) == (
+        True, str(path), 3)
+    assert answer["changes"]["added"] == answer["changes"]["removed"] == []
 
 
-async def test_reload_without_changes_says_so(nursery):
-    url = await stand_in(nursery, 200, {**RELOADED, "changes": {
-        "added": [], "removed": [], "restarted": {}, "updated": {}, "unchanged": 4,
-        "topLevel": []}})
-    with trio.fail_after(30):
-        done = await hestia("reload", "--url", url)
-    assert (done.returncode, done.stdout) == (0, "reloaded /etc/hestia/hestia.yml: no changes\n")
-
-
-async def test_an_invalid_file_fails_the_reload_with_every_error_listed(nursery):
-    url = await stand_in(nursery, 422, {
-        "error": "config_invalid", "service": None, "request_id": "r1",
-        "detail": "/etc/hestia/hestia.yml: 2 error(s); the running configuration stays",
-        "errors": [{"path": "services.ollama.idle_timeout", "message": "not a duration"},
-                   {"path": "", "message": "no services"}]})
-    with trio.fail_after(30):
-        done = await hestia("reload", "--url", url)
-    assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == ("hestia: reload: /etc/hestia/hestia.yml: 2 error(s); the running "
-                           "configuration stays (422 config_invalid)\n"
-                           "  services.ollama.idle_timeout: not a duration\n"
-                           "  no services\n")
-
-
-async def test_a_reload_that_needs_a_restart_fails(nursery):
-    url = await stand_in(nursery, 409, {
-        "error": "restart_required", "service": None, "request_id": "r2", "fields": ["listen"],
-        "detail": "listen changed, which only a restart applies: nothing was reloaded"})
-    with trio.fail_after(30):
-        done = await hestia("reload", "--url", url)
-    assert (done.returncode, done.stderr) == (
-        1, "hestia: reload: listen changed, which only a restart applies: nothing was "
-           "reloaded (409 restart_required)\n")
-
-
-async def test_a_refused_reload_exits_1_with_the_gateways_reason(start_gateway):
-    # A gateway given its configuration as data has no file to read again (and one without
-    # the reload branch has no such endpoint): refused either way, and said as the API says it.
+async def test_reload_without_changes_says_so(start_gateway):
     gateway = await start_gateway(services={"up": upstream_service()})
     with trio.fail_after(30):
         done = await hestia("reload", "--url", gateway.url)
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(f"{gateway.url}/v1/reload")
-    body = answer.json()
-    assert answer.status_code >= 400
+    assert (done.returncode, done.stdout) == (0, f"reloaded {gateway.config_file}: no changes\n")
+
+
+async def test_an_invalid_file_fails_the_reload_with_every_error_listed(start_gateway):
+    gateway = await start_gateway(services={"up": upstream_service(idle_timeout="10m")})
+    path = gateway.config_file
+    assert path is not None
+
+    def break_it(raw: dict) -> None:
+        raw["services"]["up"]["idle_timeout"] = "soon"
+        raw["services"]["up"]["queue"] = {"max": 0}
+
+    edit(path, break_it)
+    with trio.fail_after(30):
+        done = await hestia("reload", "--url", gateway.url)
+    assert (done.returncode, done.stdout) == (1, "")
+    head, *listed = done.stderr.splitlines()
+    assert head == (f"hestia: reload: {path}: 2 error(s); the running configuration stays "
+                    "(422 config_invalid)")
+    assert [line.split(":")[0] for line in listed] == [
+        "  services.up.idle_timeout", "  services.up.queue.max"]
+    assert gateway.supervisors["up"].config.idle_timeout == 600
+
+
+async def test_a_reload_that_needs_a_restart_fails(start_gateway):
+    gateway = await start_gateway(services={"up": upstream_service()})
+    path = gateway.config_file
+    assert path is not None
+    edit(path, lambda raw: raw.update(data_dir=str(path.parent / "elsewhere")))
+    with trio.fail_after(30):
+        done = await hestia("reload", "--url", gateway.url)
     assert (done.returncode, done.stdout, done.stderr) == (
-        1, "", f"hestia: reload: {body['detail']} ({answer.status_code} {body['error']})\n")
+        1, "", "hestia: reload: data_dir changed, which only a restart applies: nothing was "
+               "reloaded (restart the gateway, or change it back) (409 restart_required)\n")
 
 
 async def test_wait_gives_up_after_its_timeout_and_the_start_goes_on(start_gateway, tmp_path):
