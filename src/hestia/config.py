@@ -9,7 +9,7 @@ Loading runs in this order, and every step reports *all* its problems with their
 3. `<SERVICE>_<FIELD>` environment variables override fields of services the file declares
    (`OLLAMA_IDLE_TIMEOUT=10m`, `OLLAMA_QUEUE_MAX=5`); they never invent a service. So do
    `<SERVICE>_SEMAPHORE_ENABLED` and `<SERVICE>_SEMAPHORE_MACHINE_ID`
-   (`config_data.semaphore_switches`).
+   (`config_env.semaphore_switches`).
 4. The models validate the result (`extra="forbid"`, so a typo such as `idel_timeout` is an
    error naming its path, the valid keys and the closest one), and, in the same run, what
    refers across models (ids, machines, groups, Semaphore; `config_data.reference_errors`)
@@ -44,16 +44,14 @@ from .config_data import (
     backend_path,
     expand_backends,
     format_loc,
-    interpolate,
     machine_launchers,
     read_yaml,
     reference_errors,
-    semaphore_env,
-    semaphore_switches,
     submodel,
     unknown_key,
     upstream_warnings,
 )
+from .config_env import interpolate, semaphore_env, semaphore_switches
 from .errors import ConfigError
 from .launch_config import (
     AuthConfig,

@@ -167,7 +167,7 @@ def test_the_public_surface_is_sorted_and_complete():
                "observability", "defaults", "cli", "demo", "launch_config", "semaphore",
                "events", "metrics", "notify", "store", "routing", "config_data",
                 "private_files", "service_config", "sessions", "upstream", "caching",
-                "schedule", "systemd", "cli_remote", "reload", "reloader"}
+                "schedule", "systemd", "cli_remote", "reload", "reloader", "config_env"}
     assert public - modules == set(hestia.__all__)
 
 

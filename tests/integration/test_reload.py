@@ -139,6 +139,27 @@ async def test_an_invalid_file_changes_nothing_and_says_every_error(start_gatewa
             assert [e.kind for e in gateway.events.recent][-1] == "config_reload_failed"
 
 
+async def test_a_bug_inside_a_reload_is_reported_and_the_gateway_goes_on(
+        start_gateway, monkeypatch):
+    with trio.fail_after(30):
+        gateway = await start_gateway(services={"up": upstream_service()})
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr("hestia.reloader.diff_configs", broken)
+        async with client(gateway) as http:
+            pid = await pid_of(http, "up")
+            response = await http.post("/v1/reload")
+            body = assert_error_body(response, 500, "internal_error", None)
+            assert body["detail"].startswith(
+                "the reload failed unexpectedly (RuntimeError: a bug)")
+            # Still serving, and the next reload is taken.
+            assert await pid_of(http, "up") == pid
+            monkeypatch.undo()
+            assert (await http.post("/v1/reload")).status_code == 200
+
+
 async def test_a_removed_backend_gives_a_request_in_flight_the_grace_period_then_stops(
         start_gateway):
     with trio.fail_after(30):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -117,6 +118,36 @@ async def test_ready_status_and_stopping_reach_the_notify_socket(tmp_path):
             _, stderr = stop_process(gateway)
     assert gateway.returncode == 0, stderr
     assert "NOTIFY_SOCKET" not in env_file.read_text()
+
+
+async def test_a_sighup_reload_is_framed_by_reloading_and_ready(tmp_path):
+    # What `Type=notify-reload` expects: RELOADING=1 with the monotonic time, then READY=1.
+    port = free_port()
+    config = write_config(tmp_path, port, up=upstream_service())
+    async with notify_socket(abstract=False) as notify:
+        gateway = serve(config, {"NOTIFY_SOCKET": notify.name})
+        try:
+            with trio.fail_after(60):
+                await notify.until("READY=1")
+                raw = yaml.safe_load(config.read_text())
+                raw["services"]["added"] = upstream_service()
+                config.write_text(yaml.safe_dump(raw))
+                before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                gateway.send_signal(signal.SIGHUP)
+                reloading = (await notify.until("RELOADING=1"))[-1].splitlines()
+                usec = int(next(line for line in reloading
+                                if line.startswith("MONOTONIC_USEC="))[15:])
+                assert before <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                ready = (await notify.until("READY=1"))[-1]
+                assert ready == ("READY=1\n"
+                                 "STATUS=2 services: 0 ready, 0 starting, 2 cold; "
+                                 "0 requests held")
+                async with httpx.AsyncClient() as http:  # the reload was applied
+                    added = await http.get(f"http://127.0.0.1:{port}/services/added/echo")
+                assert added.status_code == 200
+        finally:
+            _, stderr = stop_process(gateway)
+    assert gateway.returncode == 0, stderr
 
 
 def watched(config: Path, notify: str, usec: int) -> subprocess.Popen:

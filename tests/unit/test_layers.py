@@ -12,6 +12,8 @@ counted as importing `a` and `a.b` (or every module would depend on `hestia/__in
 from __future__ import annotations
 
 import ast
+import inspect
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +136,35 @@ def test_no_layer_imports_itself_back() -> None:
     cycle = find_cycle(layers)
     assert cycle is None, "layer cycle: " + "; ".join(
         why[a, b] for a, b in zip(cycle, cycle[1:], strict=False))
+
+
+def test_no_module_is_longer_than_a_newcomer_can_read() -> None:
+    long = {name: lines for name, path in modules().items()
+            if (lines := len(path.read_text().splitlines())) > 500}
+    assert not long, long
+
+
+def test_no_mixin_declaration_hides_what_another_part_of_the_supervisor_defines() -> None:
+    """`Supervisor`'s mixins declare what they use of their owner as `def f(self): ...`. Such a
+    declaration must never be what `Supervisor.f` resolves to: a mixin earlier in the bases
+    would silently replace another mixin's real method with a no-op."""
+    from hestia.lifecycle.supervisor import Supervisor
+
+    hidden = [f"{base.__name__}.{name}"
+              for base in Supervisor.__mro__[1:-1]
+              for name, member in vars(base).items()
+              if hasattr(member, "__code__") and _is_ellipsis(member)
+              and getattr(Supervisor, name) is member]
+    assert not hidden, hidden
+
+
+def _is_ellipsis(function: object) -> bool:
+    """Is the body `...` alone (a docstring allowed)?"""
+    source = textwrap.dedent(inspect.getsource(function))  # type: ignore[arg-type]
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    body = [s for s in node.body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                    and isinstance(s.value.value, str) and s is node.body[0])]
+    return len(body) == 1 and isinstance(body[0], ast.Expr) and \
+        isinstance(body[0].value, ast.Constant) and body[0].value.value is Ellipsis

@@ -121,6 +121,38 @@ async def test_a_crash_inside_the_window_is_restarted(nursery, autojump_clock):
     assert launcher.starts == [HOUR, HOUR + 600]  # up 10 min: restarted at once
 
 
+async def test_a_reload_gives_a_running_backend_a_new_schedule_in_place(
+        nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = scheduled(launcher, "Mon 08:00-09:00", lead="0s", idle_timeout=30)
+    await nursery.start(sup.run)
+    await at(600)  # 07:10, outside the window: a new one, open now, starts the backend at once
+    sup.update_policy(service(**{"keep_warm": {"schedule": ["Mon 07:00-07:30"],
+                                               "timezone": "Europe/Berlin", "lead": "0s"},
+                                 "idle_timeout": 30}), 10.0)
+    await at(601.1)
+    assert launcher.starts == [600.0]
+    assert sup.state is State.READY
+    await at(1800 + 30 + 0.1)  # closes at 07:30; idle 30 s after
+    assert launcher.stop_calls == [1830.0]
+    # The old window (08:00) is gone: nothing starts then.
+    await at(2 * HOUR)
+    assert launcher.starts == [600.0]
+    # A schedule taken away while its window is open lets the backend go idle at once.
+    sup.update_policy(service(**{"keep_warm": {"schedule": ["Mon 09:00-10:00"],
+                                               "timezone": "Europe/Berlin", "lead": "0s"},
+                                 "idle_timeout": 30}), 10.0)
+    await at(2 * HOUR + 2)
+    assert sup.state is State.READY and launcher.starts == [600.0, 2 * HOUR]
+    sup.update_policy(service(idle_timeout=30), 10.0)
+    await at(2 * HOUR + 2 + 30 - 0.1)
+    assert sup.state is State.READY
+    await at(2 * HOUR + 2 + 30 + 0.1)
+    assert sup.state is State.COLD
+    assert launcher.stop_calls == [1830.0, 2 * HOUR + 2 + 30]
+    assert sup.schedule is None and sup.warm is False
+
+
 async def test_status_shows_the_schedule_and_its_next_change(nursery, autojump_clock):
     sup = scheduled(FakeLauncher(start_s=1), "Mon-Fri 08:00-18:00")
     await nursery.start(sup.run)
