@@ -237,13 +237,17 @@ async def run(config: Config, *, handle_signals: bool = True,
                  detail=f"serving on the sockets systemd passed; {config.listen} is not bound")
     config_warnings(config, [(s.address, s.loopback) for s in inherited])
     events = EventBus()
-    semaphore = SemaphoreHub(config, events=events) if config.semaphore is not None else None
+    # What runs through Semaphore is journaled in the store (semaphore/journal.py): one journal,
+    # whichever hub (a reload may make another) started it.
+    journal = RemoteJournal()
+    semaphore = (SemaphoreHub(config, events=events, journal=journal)
+                 if config.semaphore is not None else None)
     hubs = [semaphore] if semaphore is not None else []  # and those reloads make
     try:
         if semaphore is not None:
             await _check_templates(semaphore)
         await _run(config, events, semaphore, hubs, handle_signals, task_status,
-                   systemd=systemd, inherited=inherited)
+                   systemd=systemd, inherited=inherited, journal=journal)
     finally:
         with trio.CancelScope(shield=True):
             for hub in hubs:
@@ -265,7 +269,7 @@ async def _check_templates(semaphore: SemaphoreHub) -> None:
 async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
                hubs: list[SemaphoreHub], handle_signals: bool,
                task_status: trio.TaskStatus[Gateway], *, systemd: SystemdNotifier,
-               inherited: list[InheritedSocket]) -> None:
+               inherited: list[InheritedSocket], journal: RemoteJournal) -> None:
     machines = Machines(config)
     groups = build_groups(config)
     supervisors = build_supervisors(config, machines, semaphore, events, groups)
@@ -280,8 +284,6 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
             raise open_error(store.path, exc) from exc
         if config.auth.enabled:
             _write_cli_key(store, config)
-        # What runs through Semaphore is journaled in the store (semaphore/journal.py).
-        journal = semaphore.journal if semaphore is not None else RemoteJournal()
         stat = proc_stat(os.getpid())
         journal.attach(store, (os.getpid(), stat.start_time if stat is not None else None,
                                boot_id()))
@@ -302,7 +304,7 @@ async def _run(config: Config, events: EventBus, semaphore: SemaphoreHub | None,
             machines=machines, groups=groups, registry=registry, addressing=addressing,
             front=front, semaphore=semaphore, hubs=hubs,
             build_supervisor=build_supervisor, build_placements=build_placements,
-            build_groups=build_groups, on_config=on_config, systemd=systemd,
+            build_groups=build_groups, on_config=on_config, systemd=systemd, journal=journal,
             inherited=[(s.address, s.loopback) for s in inherited])
         front.app = create_app(supervisors, machines, events=events, metrics=metrics,
                                store=store, shutdown=shutdown, routes=routes,

@@ -54,6 +54,7 @@ from .reload import ConfigChanges, ReloadResult, diff_configs, restart_fields
 from .routing.registry import Registry
 from .routing.router import Route, build_routes, load_registry, strategy_errors
 from .semaphore.hub import SemaphoreHub
+from .semaphore.journal import RemoteJournal
 from .semaphore.tasks import check_templates
 from .store import Store
 from .systemd import SystemdNotifier
@@ -134,10 +135,13 @@ class Reloader:
                  build_supervisor: BuildSupervisor, build_placements: BuildPlacements,
                  build_groups: BuildGroups, on_config: Callable[[Config, Config], None],
                  systemd: SystemdNotifier | None = None,
+                 journal: RemoteJournal | None = None,
                  inherited: list[tuple[str, bool]] | None = None) -> None:
         self.config = config
         self.systemd = systemd or SystemdNotifier()  # told RELOADING=1 … READY=1 around each
         self.inherited = inherited or []
+        # The gateway's one journal of remote backends: a new hub writes to it too.
+        self.journal = journal if journal is not None else RemoteJournal()
         self.events = events
         self.store = store
         self.supervisors = supervisors
@@ -289,7 +293,7 @@ class Reloader:
         hub = self.semaphore
         fresh = hub is None or new.semaphore != self.config.semaphore
         if fresh:
-            hub = SemaphoreHub(new, events=self.events)
+            hub = SemaphoreHub(new, events=self.events, journal=self.journal)
         assert hub is not None
         errors, unreachable = await check_templates(new, hub.templates)
         if errors:

@@ -6,6 +6,8 @@ No real Semaphore can run here (CONTRACT.md §10): the stand-in follows the cont
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from functools import partial
@@ -409,3 +411,7 @@ async def test_a_reload_with_a_new_semaphore_token_restarts_the_backend_through_
             assert machine.starts == 2
             tokens = {r.headers.get("authorization") for r in standin.requests}
             assert tokens == {f"Bearer {new['token']}"}
+        # Started through the new connection, and journaled as before, for a crash to find.
+        with contextlib.closing(sqlite3.connect(path.parent / "data" / "hestia.db")) as db:
+            assert db.execute("SELECT service, machine, stage FROM remote_backends"
+                              ).fetchall() == [("echo", "gpu", "ready")]

@@ -19,15 +19,17 @@ class SemaphoreHub:
     """Built by the gateway when the configuration has `semaphore`; close it with `aclose`."""
 
     def __init__(self, config: Config, *, events: EventBus | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 journal: RemoteJournal | None = None) -> None:
         assert config.semaphore is not None
         self.config = config
         self.events = events
         self.client = SemaphoreClient(config.semaphore, transport=transport)
         self.templates = Templates(self.client)
         self.automations: dict[str, Automation] = {}
-        # What runs remotely, for the next Hestia after a crash; the gateway attaches the store.
-        self.journal = RemoteJournal()
+        # What runs remotely, for the next Hestia after a crash: the gateway's one journal
+        # (which it attaches to the store), shared by the hubs a reload makes.
+        self.journal = journal if journal is not None else RemoteJournal()
 
     def __repr__(self) -> str:
         assert self.config.semaphore is not None
