@@ -131,8 +131,7 @@ def _status(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return _failed(response, "status")
     if args.json:
-        sys.stdout.write(response.text if response.text.endswith("\n") else response.text + "\n")
-        return 0
+        return _print_json(response)
     now = time.time()
     rows = [(s["serviceId"], s["state"], s["machineId"] or "-", s["inFlight"],
              s["queuePending"], _ago(s["lastUsed"], now), _note(s, now))
@@ -297,10 +296,15 @@ def _reload(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return _failed(response, "reload")
     if args.json:
-        sys.stdout.write(response.text if response.text.endswith("\n") else response.text + "\n")
-        return 0
+        return _print_json(response)
     body = response.json()
     print("\n".join(_reload_summary(body)))
+    return 0
+
+
+def _print_json(response: httpx.Response) -> int:
+    """`--json`: the API's answer as it is, one line ending in a newline."""
+    sys.stdout.write(response.text if response.text.endswith("\n") else response.text + "\n")
     return 0
 
 
