@@ -20,7 +20,7 @@ code, and every other label a fixed word. Never a path.
 | `hestia_backend_state` | gauge | `service`, `state` (1 for the current state, else 0) |
 | `hestia_starts_total` | counter | `service`, `result` (`ready`, `failed`, `cancelled`) |
 | `hestia_start_attempts_total` | counter | `service`, `machine`, `result` (`ok`, `failed`) |
-| `hestia_stops_total` | counter | `service`, `reason` (`idle` `api` `shutdown` `crash` `other`) |
+| `hestia_stops_total` | counter | `service`, `reason` (`STOP_REASONS`) |
 | `hestia_queue_rejections_total` | counter | `service`, `reason` (`full`, `timeout`) |
 | `hestia_semaphore_task_duration_seconds` | histogram | `service`, `action`, `status` |
 | `hestia_routing_decisions_total` | counter | `service`, `backend`, `reason` (several backends) |
@@ -68,7 +68,10 @@ COLD_START_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.
 TASK_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
 
 START_RESULTS = ("ready", "failed", "cancelled")
-STOP_REASONS = ("idle", "api", "shutdown", "crash", "other")
+# Why a backend stopped: the `reason` of its `stopped` event, `crash`, or `other`.
+STOP_REASONS = ("idle", "api", "evicted", "dependency_stopped", "reload", "removed", "shutdown",
+                "crash", "other")
+STOPPED_REASONS = frozenset(STOP_REASONS) - {"crash", "other"}  # a `stopped` event's own
 REJECTIONS = ("full", "timeout")
 TASK_ACTIONS = frozenset({"start", "stop"})
 # What Semaphore reports for a task, plus Hestia's own `not_created`; anything else is `other`.
@@ -256,7 +259,7 @@ class Metrics:
                                    "ok" if data.get("ok") else "failed").inc()
 
     def _on_stopped(self, service: str, data: dict[str, Any]) -> None:
-        reason = _bounded(data.get("reason"), {"idle", "api", "shutdown"})
+        reason = _bounded(data.get("reason"), STOPPED_REASONS)
         self.stops.labels(service, reason).inc()
 
     def _on_crashed(self, service: str, data: dict[str, Any]) -> None:

@@ -95,6 +95,8 @@ def test_lifecycle_events_are_counted():
                 duration_ms=10.0)
     bus.publish("stopped", "echo", reason="idle", duration_ms=3.0)
     bus.publish("stopped", "echo", reason="something new", duration_ms=3.0)
+    for reason in ("evicted", "dependency_stopped", "reload", "removed"):
+        bus.publish("stopped", "echo", reason=reason, duration_ms=3.0)
     bus.publish("crashed", "llm", detail="exited", exit_status=1)
     bus.publish("queue_overflow", "echo", queue_max=10, state="STARTING")
     bus.publish("queue_timeout", "echo", waited_s=30.0, state="STARTING")
@@ -114,6 +116,8 @@ def test_lifecycle_events_are_counted():
                  service="llm", machine="gpu", le="120.0") == 1
     assert value(samples, "hestia_stops_total", service="echo", reason="idle") == 1
     assert value(samples, "hestia_stops_total", service="echo", reason="other") == 1
+    for reason in ("evicted", "dependency_stopped", "reload", "removed"):
+        assert value(samples, "hestia_stops_total", service="echo", reason=reason) == 1
     assert value(samples, "hestia_stops_total", service="llm", reason="crash") == 1
     assert value(samples, "hestia_queue_rejections_total", service="echo", reason="full") == 1
     assert value(samples, "hestia_queue_rejections_total", service="echo",
