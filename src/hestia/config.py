@@ -313,8 +313,9 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None,
     if not isinstance(raw, dict):
         raise ConfigError([("", "the configuration must be a mapping")], source)
     errors: list[tuple[str, str]] = []
-    data = semaphore_env(raw, env)
-    data = interpolate(data, env, "", errors)
+    # `${VAR}` in the file only: a value taken from SEMAPHORE_* (a password) stays as it is.
+    data = interpolate(raw, env, "", errors)
+    data = semaphore_env(data, env)
     _env_overrides(data, env)
     semaphore_switches(data, env, errors)
     expand_backends(data, errors)

@@ -217,3 +217,12 @@ def test_errors_in_backends_name_their_place_in_the_file():
             "b": {"machine": "gpu", "upstream": "http://x:1"}}}}}, env={})
     assert caught.value.errors == [("services.llm.backends.b.machine",
                                     "unknown machine 'gpu' (declare it under machines)")]
+
+
+def test_a_semaphore_password_from_the_environment_is_taken_as_it_is():
+    config = parse_config({"semaphore": {"project": 1}, "services": {}}, env={
+        "SEMAPHORE_BASE_URL": "http://semaphore:3000", "SEMAPHORE_USERNAME": "hestia",
+        "SEMAPHORE_PASSWORD": "pa${HOME}x${unset}"})
+    assert config.semaphore is not None
+    assert config.semaphore.password is not None
+    assert config.semaphore.password.get_secret_value() == "pa${HOME}x${unset}"

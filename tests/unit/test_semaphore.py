@@ -495,3 +495,14 @@ async def test_refused_credentials_are_a_configuration_error_not_a_warning(stand
     assert unreachable is None
     assert errors == [("semaphore", "GET /project/1/templates: Semaphore refused the "
                                     "credentials (401)")]
+
+
+async def test_a_template_made_again_under_its_name_is_found_by_its_new_id(standin):
+    project = standin.add_project("infra")
+    first = standin.add_template(project, "start", None, environment={})
+    hub_ = hub(standin, {"gpu": {"start_template": "start"}})
+    assert (await hub_.templates.get(project, "start"))["id"] == first
+    del standin._templates[first]  # deleted in Semaphore's UI, and made again
+    second = standin.add_template(project, "start", None, environment={})
+    assert (await hub_.templates.get(project, "start"))["id"] == second != first
+    await hub_.aclose()

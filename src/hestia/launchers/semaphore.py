@@ -247,9 +247,9 @@ class SemaphoreLauncher(Launcher):
                         "true` on the launcher to confirm such tasks",
                         "task_waiting_confirmation", task_id=record.task_id,
                         task_status=status)
-                await self._call(self.client.confirm_task(self.project, record.task_id),
-                                 context, "confirm")
-                confirmed = True
+                # Asked again at the next poll when Semaphore could not be reached.
+                confirmed = await self._call(
+                    self.client.confirm_task(self.project, record.task_id), context, "confirm")
 
     # --- after a crash (lifecycle/remote_recovery.py) --------------------------------------------
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -266,9 +267,12 @@ async def _unrecorded_task(row: RemoteRow, launcher: SemaphoreLauncher,
                 and isinstance(task.get("id"), int)):
             log.info("remote_task_found", service=row.service, machine=row.machine,
                      task_id=task["id"], status=task.get("status"))
+            # Its own creation time: the task_timeout left counts from it (a task Semaphore
+            # forgot to end, CONTRACT §7, must not get a whole new one).
             return replace(row, task_id=task["id"], task_action="start",
                            task_status=str(task.get("status")), task_template_id=template_id,
-                           task_template=str(launcher.config.start_template))
+                           task_template=str(launcher.config.start_template),
+                           task_created_at=_created_at(task) or row.updated_at)
     return row
 
 
@@ -280,14 +284,28 @@ async def _answers(placement: Placement, window: float) -> bool:
 
 
 def _placement(row: RemoteRow, supervisor: Supervisor) -> Placement | None:
-    """The backend's placement the row was started as, when configured as it was then."""
+    """The backend's placement the row was started as, when configured as it was then: the
+    same launcher settings and the same Semaphore project (`semaphore.project` may have given
+    it, which the launcher's settings do not show)."""
     for placement in supervisor.placements:
         launcher = placement.launcher
         if (isinstance(launcher, SemaphoreLauncher)
                 and (placement.machine, placement.upstream) == (row.machine, row.upstream)
-                and fingerprint(launcher.config) == row.fingerprint):
+                and fingerprint(launcher.config) == row.fingerprint
+                and launcher.project == row.project):
             return placement
     return None
+
+
+def _created_at(task: dict[str, object]) -> float | None:
+    """A Semaphore task's `created` (RFC 3339) as POSIX seconds."""
+    created = task.get("created")
+    if not isinstance(created, str):
+        return None
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _recorded_launcher(row: RemoteRow, hub: SemaphoreHub,

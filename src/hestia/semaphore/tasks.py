@@ -68,6 +68,13 @@ class Templates:
         except SemaphoreError as exc:
             if exc.status != 404:
                 raise
+            if isinstance(ref, str):
+                # The name's template was deleted (and perhaps made again, with a new id)
+                # since it was listed: list again, once.
+                self._names.pop(project, None)
+                fresh = await self.id_of(project, ref)
+                if fresh != template_id:
+                    return await self.get(project, fresh)
             raise TemplateError(f"no such template (or project): Semaphore project {project} "
                                 f"has no template with id {template_id}, or the project does "
                                 "not exist or the user is not a member of it (404)") from None
