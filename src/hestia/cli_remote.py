@@ -25,7 +25,9 @@ from typing import Any
 
 import httpx
 
-from .config import Config
+from .config import Config, parse_config
+from .config_data import read_yaml
+from .errors import ConfigError
 from .gateway import CLI_KEY_FILE
 
 __all__ = ["add_commands", "table"]
@@ -52,9 +54,10 @@ class Target:
     answers."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        load: Load = args.load
-        url = args.url or os.environ.get("HESTIA_URL")
-        config = load(args.config)[0] if args.config or not url else None
+        # An explicit --url wins; an explicit -c wins over $HESTIA_URL (so that the admin key
+        # of the configuration named is only ever sent to that configuration's gateway).
+        url = args.url or (None if args.config else os.environ.get("HESTIA_URL"))
+        config = _where(args.load, args.config) if args.config or not url else None
         if url is None:
             assert config is not None
             host, _, port = config.listen.rpartition(":")
@@ -77,11 +80,31 @@ class Target:
         try:
             with self.client() as http:
                 return http.request(method, path, **kwargs)
+        except httpx.ReadTimeout:
+            raise SystemExit(f"hestia: the gateway at {self.url} did not answer within "
+                             f"{self.timeout:g}s; what was asked may still be under way "
+                             "there") from None
         except httpx.TransportError as exc:
             raise SystemExit(self.unreachable(exc)) from None
 
     def unreachable(self, exc: Exception) -> str:
         return f"hestia: no gateway answers at {self.url}: {exc or type(exc).__name__}"
+
+
+def _where(load: Load, path: str | None) -> Config:
+    """The configuration `-c` names (or $HESTIA_CONFIG, or the demo), for its `listen` and
+    `data_dir`. A file with errors elsewhere (one a reload is about to be refused for, by the
+    gateway, which logs and answers every error) gives just those two, read as the gateway
+    reads them."""
+    try:
+        return load(path)[0]
+    except ConfigError:
+        named = path or os.environ.get("HESTIA_CONFIG")
+        if not named:
+            raise
+        raw = read_yaml(named, named)
+        where = {k: raw[k] for k in ("listen", "data_dir") if isinstance(raw, dict) and k in raw}
+        return parse_config(where, source=named)
 
 
 def _read_key(args: argparse.Namespace, config: Config | None) -> str | None:

@@ -150,7 +150,9 @@ def build_groups(config: Config, groups: dict[str, Group] | None = None) -> dict
     made = {}
     for name, settings in config.groups.items():
         group = (groups or {}).get(name) or Group(name, settings.max_running)
-        group.max_running = settings.max_running
+        if group.max_running != settings.max_running:
+            group.max_running = settings.max_running
+            group.notify()  # a start waiting for a slot may have one now
         made[name] = group
     return made
 

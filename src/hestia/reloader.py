@@ -89,9 +89,11 @@ class Front:
         if not config.auth.enabled:
             return self.app
         current = self.serving
-        sessions = (current.sessions if isinstance(current, AuthGate)
-                    and current.sessions.ttl == config.auth.session_ttl else None)
-        return AuthGate(self.app, config, store, sessions, addressing)
+        gate = current if isinstance(current, AuthGate) else None
+        sessions = (gate.sessions if gate is not None
+                    and gate.sessions.ttl == config.auth.session_ttl else None)
+        return AuthGate(self.app, config, store, sessions, addressing,
+                        backoff=gate.login.backoff if gate is not None else None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.serving(scope, receive, send)
@@ -187,7 +189,7 @@ class Reloader:
         does not cancel the reload: it runs in the reloader's task. Every reload goes through
         here (SIGHUP, `POST /v1/reload`, `Gateway.reload()`): what must happen around each one
         (a service manager told it is reloading) belongs around this call's body."""
-        async with self._lock, self.systemd.reloading():
+        async with self._lock:
             done, box = trio.Event(), []
             try:
                 self._send.send_nowait((done, box))
@@ -216,7 +218,10 @@ class Reloader:
                     task_status.started()
                     async for done, box in self._receive:
                         try:
-                            box.append(await self._reload(added, helpers))
+                            # Here, not in `reload`: a caller that left (an HTTP client gone)
+                            # must not end the notice while the reload goes on.
+                            async with self.systemd.reloading():
+                                box.append(await self._reload(added, helpers))
                         except Exception as exc:  # a bug: reported, the gateway goes on
                             log.exception("config_reload_crashed", source=self.source)
                             box.append(self._failed(GatewayError(

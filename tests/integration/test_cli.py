@@ -276,7 +276,9 @@ async def test_an_invalid_file_fails_the_reload_with_every_error_listed(start_ga
 
     edit(path, break_it)
     with trio.fail_after(30):
-        done = await hestia("reload", "--url", gateway.url)
+        # -c as well: the CLI reads only where the gateway is from a file with errors; the
+        # gateway reports them.
+        done = await hestia("reload", "--url", gateway.url, "-c", str(path))
     assert (done.returncode, done.stdout) == (1, "")
     head, *listed = done.stderr.splitlines()
     assert head == (f"hestia: reload: {path}: 2 error(s); the running configuration stays "
@@ -305,3 +307,16 @@ async def test_wait_gives_up_after_its_timeout_and_the_start_goes_on(start_gatew
     assert (waited.returncode, waited.stdout) == (1, "")
     assert waited.stderr == "hestia: slow: not READY after 1s; the gateway goes on with it\n"
     assert gateway.supervisors["slow"].state.name == "STARTING"
+
+
+async def test_an_explicit_configuration_wins_over_hestia_url(start_gateway, tmp_path):
+    # $HESTIA_URL names another gateway; `-c` names this machine's: its key goes only there.
+    gateway = await start_gateway(services={"up": upstream_service()})
+    port = free_port()
+    path = tmp_path / "local.yml"
+    path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}",
+                                    "data_dir": str(tmp_path / "local")}))
+    with trio.fail_after(30):
+        done = await hestia("status", "-c", str(path), HESTIA_URL=gateway.url)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"hestia: no gateway answers at http://127.0.0.1:{port}: ")

@@ -210,3 +210,15 @@ async def test_a_removed_backend_cuts_a_request_longer_than_the_grace_period(
     assert [type(e) for e in errors] == [BackendStopped]
     await sup.closed.wait()
     assert launcher.stop_calls == [5.0]
+
+
+async def test_keep_warm_turned_off_counts_idleness_from_then(nursery, autojump_clock):
+    launcher = FakeLauncher(start_s=1)
+    sup = supervisor(launcher, keep_warm=True, idle_timeout="30s")
+    await nursery.start(sup.run)
+    await trio.sleep(3600)  # warm for an hour, no request
+    assert sup.state is State.READY
+    sup.update_policy(service(idle_timeout="30s"), drain_timeout=10)
+    await sup.wait_until(State.COLD)
+    assert trio.current_time() == 3630.0  # 30 s after the change, not at once
+    assert launcher.starts == [0.0]

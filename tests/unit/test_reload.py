@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from hestia.config import Config, ServiceConfig, parse_config
+from hestia.http.addressing import Addressing
 from hestia.reload import (
     SERVICE_FIELDS,
     TOP_LEVEL,
@@ -16,6 +17,8 @@ from hestia.reload import (
     field_kind,
     restart_fields,
 )
+from hestia.reloader import Front
+from hestia.store import Store
 
 
 def svc(port: int = 9001, **fields: Any) -> dict[str, Any]:
@@ -132,3 +135,25 @@ def test_a_result_shows_as_json_with_every_error_path():
     assert failed.as_dict()["errors"] == [
         {"path": "services.a.queue.max", "message": "must be ≥ 1"}, {"path": "", "message": "bad"}]
     assert failed.as_dict()["error"] == "config_invalid"
+
+
+def test_a_reloads_auth_gate_keeps_the_failed_logins_counted_so_far(tmp_path):
+    def config(idle: str) -> Config:
+        return parse_config({"auth": {"enabled": True}, "data_dir": str(tmp_path),
+                             "services": {"up": {
+                                 "upstream": "http://127.0.0.1:9", "idle_timeout": idle,
+                                 "launcher": {"process": {"command": ["unused"]}}}}}, env={})
+
+    store = Store(tmp_path / "hestia.db")
+    try:
+        front = Front()
+        front.app = object()
+        first = config("1m")
+        front.configure(first, store, Addressing.from_config(first))
+        before = front.serving
+        after = front.made_for(config("2m"), store, Addressing.from_config(first))
+        assert after is not before
+        assert after.login.backoff is before.login.backoff
+        assert after.sessions is before.sessions
+    finally:
+        store.close()

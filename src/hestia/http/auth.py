@@ -63,7 +63,7 @@ from .addressing import Address, Addressing
 from .browser import BROWSER_PREFIX, is_navigation
 from .client_body import drain
 from .context import facts
-from .login import LOGIN_PATH, LOGOUT_PATH, Login, here, same_origin
+from .login import LOGIN_PATH, LOGOUT_PATH, Login, LoginBackoff, here, same_origin
 
 __all__ = ["SCOPES", "AuthGate", "hash_key", "new_key"]
 
@@ -93,8 +93,10 @@ class AuthGate:
 
     def __init__(self, app: Any, config: Config, store: Store,
                  sessions: Sessions | None = None, addressing: Addressing | None = None,
-                 ) -> None:
-        """Raises `StoreError` when the sessions' table cannot be made."""
+                 backoff: LoginBackoff | None = None) -> None:
+        """Raises `StoreError` when the sessions' table cannot be made. `sessions` and
+        `backoff`: a reload's gate keeps the previous one's (the failed logins counted so far
+        must not start again at each reload)."""
         self.app = app
         self.store = store
         self.forward = config.auth.forward_authorization
@@ -104,7 +106,7 @@ class AuthGate:
                          if all(config.services[b].auth == "none" for b in route.backends)}
         self.open_ids |= {b for b, service in config.services.items() if service.auth == "none"}
         self.sessions = sessions or Sessions(store, config.auth.session_ttl)
-        self.login = Login(self.sessions, self._lookup, config.service_domain)
+        self.login = Login(self.sessions, self._lookup, config.service_domain, backoff)
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._touched: dict[str, float] = {}
 

@@ -90,7 +90,9 @@ class Machines:
 
     def unavailable(self, machine_id: str) -> str | None:
         """Why a start must not be tried on this machine now, or None."""
-        machine = self._machines[machine_id]
+        machine = self._machines.get(machine_id)
+        if machine is None:  # a reload removed it; a backend not yet moved off it asks
+            return f"machine {machine_id!r} was removed from the configuration"
         if not machine.enabled:
             return f"machine {machine_id!r} is disabled"
         remaining = machine.skip_until - trio.current_time()
@@ -100,7 +102,9 @@ class Machines:
         return None
 
     def record(self, machine_id: str, *, ok: bool) -> None:
-        machine = self._machines[machine_id]
+        machine = self._machines.get(machine_id)
+        if machine is None:  # removed by a reload meanwhile: nothing to count
+            return
         if ok:
             machine.failures = 0
             return

@@ -49,6 +49,8 @@ class Reconfiguring:
     _stop_requested: str | None
     _failure: Any
     _waiters: Any
+    _active: int
+    _idle_since: float
     set_schedule: Any  # warmth.py
 
     def __init__(self) -> None:
@@ -80,6 +82,11 @@ class Reconfiguring:
         if config.keep_warm != old.keep_warm:
             self._auto_start = config.always_warm and not self._closing
             self.set_schedule(config.warm_schedule)
+            if old.always_warm and not config.always_warm and not self._active:
+                # As when a hold ends: idle from now, not from a request hours ago.
+                self._idle_since = max(self._idle_since, trio.current_time())
+            if self.group is not None:
+                self.group.notify()  # it may be evictable now
         self._health_changed = config.health != old.health
         self._grant_waiters()
         self._notify()
