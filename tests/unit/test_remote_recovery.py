@@ -238,17 +238,19 @@ async def test_killed_while_the_start_task_runs_the_next_waits_for_it_and_adopts
         ("remote_backend_adopted_after_restart", None)]
 
 
+@pytest.mark.parametrize("sent", ["all", "none"])  # found by its variables, or its message
 async def test_killed_before_it_journaled_its_start_task_the_next_finds_and_follows_it(
-        standin, store, tmp_path, nursery, autojump_clock):
+        standin, store, tmp_path, nursery, autojump_clock, sent):
     service = Service()
     scene(standin, service)
-    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER,
+    launcher = {**LAUNCHER, "send_variables": sent}
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=launcher,
                    on_restart="adopt")
     # Semaphore created the task; the answer never reached the journal.
     first.transport.kill_after = lambda request: (request.method == "POST"
                                                   and request.url.path.endswith("/tasks"))
     await run_until_killed(first, nursery, at=1.0)
-    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER,
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=launcher,
                     on_restart="adopt")
     assert stages(second) == [("starting", None, None)]
     with capture_logs() as logs:

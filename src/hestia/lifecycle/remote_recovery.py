@@ -257,14 +257,19 @@ async def _unrecorded_task(row: RemoteRow, launcher: SemaphoreLauncher,
         return row
     wanted = {"HESTIA_SERVICE": context.service, "HESTIA_BACKEND": context.backend,
               "HESTIA_MACHINE": context.machine, "HESTIA_ACTION": "start"}
+    # Without the HESTIA_* variables (`send_variables: configured` or `none`), the message
+    # Hestia gives a task by default names the backend and machine as well.
+    message = (None if launcher.config.message
+               else f"hestia: start {context.service} on {context.machine}")
     for task in tasks:
         try:
             variables = json.loads(task.get("environment") or "{}")
         except ValueError:
             continue
-        if (isinstance(variables, dict) and task.get("status") not in FINISHED
-                and all(variables.get(k) == v for k, v in wanted.items())
-                and isinstance(task.get("id"), int)):
+        ours = (isinstance(variables, dict)
+                and all(variables.get(k) == v for k, v in wanted.items())) or (
+            message is not None and task.get("message") == message)
+        if ours and task.get("status") not in FINISHED and isinstance(task.get("id"), int):
             log.info("remote_task_found", service=row.service, machine=row.machine,
                      task_id=task["id"], status=task.get("status"))
             # Its own creation time: the task_timeout left counts from it (a task Semaphore
