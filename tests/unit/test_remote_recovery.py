@@ -62,8 +62,8 @@ class Hestia:
 
     def __init__(self, standin: SemaphoreStandin, store: Store, tmp_path: Path,
                  service: Service, owner: int, *, launcher: dict[str, Any],
-                 configured: bool = True, **fields: Any) -> None:
-        raw = {"semaphore": {"url": "http://semaphore:3000", "project": 1,
+                 configured: bool = True, project: int = 1, **fields: Any) -> None:
+        raw = {"semaphore": {"url": "http://semaphore:3000", "project": project,
                              "poll_interval": "1s", "token": standin.create_token("admin")},
                "machines": {"gpu": {"semaphore": launcher}},
                "services": {"ollama": {"upstream": "http://gpu:11434", "machine": "gpu",
@@ -371,6 +371,30 @@ async def test_a_changed_configuration_is_stopped_with_the_templates_it_was_star
         await nursery.start(second.sup.run)
         await second.sup.wait_until(State.COLD)
     assert standin.tasks[2]["template_id"] == templates["stop"] != newer
+    assert not service.up
+    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    assert event["reason"] == "configuration_changed"
+
+
+async def test_a_backend_of_another_project_is_stopped_in_the_project_it_runs_in(
+        standin, store, tmp_path, nursery, autojump_clock):
+    # `semaphore.project` changed while Hestia was down; the launcher's settings did not.
+    service = Service()
+    templates = scene(standin, service)
+    other = standin.add_project("other")
+    standin.add_template(other, "start", environment={})
+    standin.add_template(other, "stop", environment={})
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER,
+                   on_restart="adopt")
+    await run_until_killed(first, nursery, at=21.0)
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER,
+                    on_restart="adopt", project=other)
+    with capture_logs() as logs:
+        second.recover()
+        await nursery.start(second.sup.run)
+        await second.sup.wait_until(State.COLD)
+    assert (standin.tasks[2]["project_id"], standin.tasks[2]["template_id"]) == (
+        1, templates["stop"])
     assert not service.up
     (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
     assert event["reason"] == "configuration_changed"
