@@ -320,6 +320,15 @@ class Reloader:
         backend still routed, a new route without its backend)."""
         old = self.config
         grace = new.grace_period
+        # First what may fail (the sessions' table of a new auth gate): nothing is changed yet.
+        try:
+            serving = (self.front.made_for(new, self.store, self.addressing)
+                       if not changes.empty else self.front.serving)
+        except BaseException:
+            if hub is not None and hub is not self.semaphore:
+                with trio.CancelScope(shield=True):
+                    await hub.aclose()  # made for this reload, which goes no further
+            raise
         if hub is not None and hub is not self.semaphore:
             self.hubs.append(hub)  # the old one stays open: its backends stop through it
         elif hub is not None:
@@ -327,8 +336,6 @@ class Reloader:
         self.semaphore = hub
         self.machines.reconfigure(new)
         self.groups = self._build_groups(new, self.groups)
-        serving = (self.front.made_for(new, self.store, self.addressing)
-                   if not changes.empty else self.front.serving)
         started: dict[str, Supervisor] = {}
         for name in changes.added:
             leaving = self._retiring.get(name)
