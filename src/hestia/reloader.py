@@ -187,8 +187,8 @@ class Reloader:
         """Read the file again and apply it; one reload at a time. Never raises for a bad
         file: the result says what went wrong (`error`, `errors`). A caller that is cancelled
         does not cancel the reload: it runs in the reloader's task. Every reload goes through
-        here (SIGHUP, `POST /v1/reload`, `Gateway.reload()`): what must happen around each one
-        (a service manager told it is reloading) belongs around this call's body."""
+        here (SIGHUP, `POST /v1/reload`, `Gateway.reload()`); what must happen around each one
+        (systemd told RELOADING=1, then READY=1) is done in `run`, around the reload itself."""
         async with self._lock:
             done, box = trio.Event(), []
             try:
