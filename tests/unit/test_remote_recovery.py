@@ -62,8 +62,9 @@ class Hestia:
 
     def __init__(self, standin: SemaphoreStandin, store: Store, tmp_path: Path,
                  service: Service, owner: int, *, launcher: dict[str, Any],
-                 configured: bool = True, project: int = 1, **fields: Any) -> None:
-        raw = {"semaphore": {"url": "http://semaphore:3000", "project": project,
+                 configured: bool = True, project: int = 1,
+                 url: str = "http://semaphore:3000", **fields: Any) -> None:
+        raw = {"semaphore": {"url": url, "project": project,
                              "poll_interval": "1s", "token": standin.create_token("admin")},
                "machines": {"gpu": {"semaphore": launcher}},
                "services": {"ollama": {"upstream": "http://gpu:11434", "machine": "gpu",
@@ -400,6 +401,25 @@ async def test_a_backend_of_another_project_is_stopped_in_the_project_it_runs_in
     assert event["reason"] == "configuration_changed"
 
 
+async def test_a_backend_started_through_another_semaphore_is_left_and_said(
+        standin, store, tmp_path, nursery, autojump_clock):
+    service = Service()
+    scene(standin, service)
+    first = Hestia(standin, store, tmp_path, service, 1, launcher=LAUNCHER,
+                   on_restart="adopt")
+    await run_until_killed(first, nursery, at=21.0)
+    second = Hestia(standin, store, tmp_path, service, 2, launcher=LAUNCHER,
+                    on_restart="adopt", url="http://other-semaphore:3000")
+    with capture_logs() as logs:
+        assert second.recover() == []
+    assert len(standin.tasks) == 1  # nothing asked of the other Semaphore
+    assert second.sup.state is State.COLD
+    assert stages(second) == [("ready", 1, "success")]  # kept for that Semaphore
+    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    assert (event["event"], event["reason"]) == ("remote_backend_left_running",
+                                                 "semaphore_changed")
+
+
 async def test_a_backend_no_longer_configured_is_stopped_in_the_background(
         standin, store, tmp_path, nursery, autojump_clock):
     service = Service()
@@ -502,7 +522,8 @@ async def test_without_a_semaphore_section_rows_are_reported_and_kept(standin, s
 def row(stage: str, action: str | None = None, status: str | None = None) -> RemoteRow:
     return RemoteRow(
         service="ollama", machine="gpu", backend="default", upstream="http://gpu:11434",
-        port=11434, config="{}", fingerprint="", project=1, stop_template="stop",
+        port=11434, config="{}", fingerprint="", project=1, semaphore_url="http://semaphore:3000",
+        stop_template="stop",
         task_timeout=1800.0, stage=stage, task_id=None if action is None else 7,
         task_action=action, task_status=status, task_template_id=None, task_template=None,
         task_created_at=None, owner_pid=1, owner_start_time=None, owner_boot_id=None,

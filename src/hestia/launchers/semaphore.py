@@ -259,6 +259,7 @@ class SemaphoreLauncher(Launcher):
                                upstream=context.upstream, port=context.port,
                                config=self.config.model_dump_json(),
                                fingerprint=fingerprint(self.config), project=self.project,
+                               semaphore_url=self.client.base_url,
                                stop_template=self.config.stop_template,
                                task_timeout=self.task_timeout)
 

@@ -112,6 +112,10 @@ def resume_remote(config: Config, supervisors: dict[str, Supervisor],
                         owner_pid=row.owner_pid)
         elif hub is None:  # kept: a configuration with Semaphore again can still settle it
             _left_running(row, "semaphore_not_configured")
+        elif row.semaphore_url != hub.client.base_url:
+            # Its task ids and templates are another Semaphore's: kept, for a configuration
+            # with that Semaphore again.
+            _left_running(row, "semaphore_changed")
         else:
             by_service.setdefault(row.service, []).append(row)
     orphans: list[Callable[[], Awaitable[None]]] = []

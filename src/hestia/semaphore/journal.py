@@ -64,6 +64,7 @@ class RemoteRow:
     config: str             # the launcher configuration, as JSON
     fingerprint: str
     project: int
+    semaphore_url: str      # the Semaphore the task ids and templates belong to
     stop_template: str | None
     task_timeout: float
     stage: str
@@ -94,7 +95,8 @@ class RemoteRow:
 def _create_table(db: Database) -> None:
     db[TABLE].create({
         "service": str, "machine": str, "backend": str, "upstream": str, "port": int,
-        "config": str, "fingerprint": str, "project": int, "stop_template": str,
+        "config": str, "fingerprint": str, "project": int, "semaphore_url": str,
+        "stop_template": str,
         "task_timeout": float, "stage": str, "task_id": int, "task_action": str,
         "task_status": str, "task_template_id": int, "task_template": str,
         "task_created_at": float, "owner_pid": int, "owner_start_time": int,
@@ -143,13 +145,14 @@ class RemoteJournal:
     # --- writes --------------------------------------------------------------------------------
 
     def begin(self, service: str, *, machine: str, backend: str, upstream: str, port: int,
-              config: str, fingerprint: str, project: int, stop_template: int | str | None,
-              task_timeout: float) -> None:
+              config: str, fingerprint: str, project: int, semaphore_url: str,
+              stop_template: int | str | None, task_timeout: float) -> None:
         """A start on `machine` begins (its task is about to be created)."""
         pid, start_time, boot = self._owner
         self._write(f"record the start of {service!r}", lambda db: db[TABLE].insert({
             "service": service, "machine": machine, "backend": backend, "upstream": upstream,
             "port": port, "config": config, "fingerprint": fingerprint, "project": project,
+            "semaphore_url": semaphore_url,
             "stop_template": None if stop_template is None else str(stop_template),
             "task_timeout": task_timeout, "stage": "starting", "task_id": None,
             "task_action": None, "task_status": None, "task_template_id": None,
