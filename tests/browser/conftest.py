@@ -9,6 +9,7 @@ processes, on 127.0.0.1 port 0. Screenshots go to `SHOTS` (and, for the docs, `d
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import threading
@@ -19,9 +20,10 @@ from typing import Any
 
 import pytest
 import trio
+import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from hestia import Gateway, parse_config, run
+from hestia import Gateway, load_config, run
 
 CHROMIUM = os.environ.get("HESTIA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("HESTIA_SCREENSHOTS", "/tmp/hestia-screenshots"))
@@ -96,7 +98,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ThreadGateway]]:
     def start(**top: Any) -> ThreadGateway:
         raw = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data"),
                "grace_period": "2s", "strategies_dir": str(tmp_path / "no-strategies"), **top}
-        gateway = ThreadGateway(parse_config(raw, env={})).start()
+        # From a file, as a person runs it: the gateway can reload it (`gateway.config_file`).
+        path = tmp_path / f"hestia-{len(running) + 1}.yml"
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str)),
+                                       sort_keys=False))
+        gateway = ThreadGateway(load_config(path, env={})).start()
         running.append(gateway)
         return gateway
 

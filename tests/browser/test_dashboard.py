@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import ThreadGateway, screenshot
@@ -247,3 +248,21 @@ def test_screenshot(serve: Serve, chromium: Browser, scheme: str) -> None:
                    docs=scheme == "light")
     finally:
         context.close()
+
+
+def test_a_reload_that_adds_a_service_shows_it_on_the_open_dashboard(serve: Serve,
+                                                                      page: Page) -> None:
+    gateway = serve(services={"app": upstream_service()})
+    page.goto(gateway.url + "/")
+    expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
+    assert gateway.gateway is not None and gateway.gateway.config_file is not None
+    path = gateway.gateway.config_file
+    raw = yaml.safe_load(path.read_text())
+    raw["services"]["second"] = upstream_service()
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert api(gateway, "POST", "/v1/reload").status_code == 200
+    # The page is made again with the new card; the feed says what the reload did.
+    expect(state_of(page, "second")).to_have_text("COLD", timeout=10_000)
+    expect(page.locator("#feed li").first).to_contain_text(
+        "configuration reloaded: 1 added", timeout=10_000)
+    screenshot(page, "dashboard-reloaded")

@@ -17,7 +17,8 @@
   const REFRESH_MS = 5000;
   const FEED_MAX = 50;
   const KINDS = ["state", "start_attempt", "ready", "start_failed", "stopped", "crashed",
-    "queue_overflow", "queue_timeout", "semaphore_task", "machine"];
+    "queue_overflow", "queue_timeout", "semaphore_task", "machine", "config_reloaded",
+    "config_reload_failed"];
 
   // --- texts (twins in dashboard.py) ---------------------------------------------------------
 
@@ -116,6 +117,13 @@
       case "queue_timeout": return `a request gave up after ${d.waited_s} s while ${d.state}`;
       case "semaphore_task": return `Semaphore task ${d.task_id} (${d.action}): ${d.status}`;
       case "machine": return `machine ${d.machine} ${d.enabled ? "enabled" : "disabled"}`;
+      case "config_reloaded": {
+        const parts = ["added", "removed", "restarted", "updated"]
+          .map((k) => [k, Array.isArray(d[k]) ? d[k].length : Object.keys(d[k] || {}).length])
+          .filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k}`);
+        return `configuration reloaded: ${parts.join(", ") || "no service changed"}`;
+      }
+      case "config_reload_failed": return `configuration reload refused: ${d.detail}`;
       default: return kind.replace(/_/g, " ");
     }
   }
@@ -410,6 +418,10 @@
       refreshMachines();
     }
     addToFeed([entry(epoch(ev.at), ev.service, ev.kind, ev)]);
+    if (ev.kind === "config_reloaded" && ((ev.added || []).length || (ev.removed || []).length)) {
+      // Other services now: the page is made again by the server, cards and all.
+      window.location.reload();
+    }
   }
 
   function connect() {
