@@ -176,7 +176,9 @@ async def test_killed_while_the_start_task_runs_the_next_gateway_waits_then_adop
                     answers.append(await http.get(f"{second.url}/services/up/echo"))
 
                 nursery.start_soon(held)
-                await trio.sleep(0.3)
+                # Held: in the backend's queue until the task ends.
+                while (await state_of(second, http))["queuePending"] != 1:
+                    await trio.sleep(0.02)
                 assert answers == []
                 machine.start_gate.set()
             assert machine.process is not None

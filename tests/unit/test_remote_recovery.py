@@ -102,6 +102,12 @@ class Hestia:
         return resume_remote(self.config, self.supervisors, self.journal, self.hub)
 
 
+def the_decision(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one `remote_backend_*` decision logged."""
+    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    return event
+
+
 @pytest.fixture
 async def standin(nursery: trio.Nursery) -> SemaphoreStandin:
     semaphore = SemaphoreStandin(tick=5.0)
@@ -305,7 +311,7 @@ async def test_killed_after_ready_with_on_restart_stop_the_next_runs_the_stop_te
     assert not service.up
     assert standin.tasks[2]["template_id"] == templates["stop"]
     assert stages(second) == []
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert (event["event"], event["reason"]) == ("remote_backend_stopped_after_restart",
                                                  "on_restart_stop")
 
@@ -352,7 +358,7 @@ async def test_killed_during_the_stop_task_the_next_waits_for_it_then_starts_afr
             # again (task 3: created at 18.25, dequeued at 20, up at 23.5, seen at 24.25).
             assert trio.current_time() == 24.25
     assert [t["status"] for t in standin.tasks.values()] == ["success"] * 3
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert (event["event"], event["stopped"]) == ("remote_backend_stop_awaited_after_restart",
                                                   True)
 
@@ -373,7 +379,7 @@ async def test_a_changed_configuration_is_stopped_with_the_templates_it_was_star
         await second.sup.wait_until(State.COLD)
     assert standin.tasks[2]["template_id"] == templates["stop"] != newer
     assert not service.up
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert event["reason"] == "configuration_changed"
 
 
@@ -397,7 +403,7 @@ async def test_a_backend_of_another_project_is_stopped_in_the_project_it_runs_in
     assert (standin.tasks[2]["project_id"], standin.tasks[2]["template_id"]) == (
         1, templates["stop"])
     assert not service.up
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert event["reason"] == "configuration_changed"
 
 
@@ -415,7 +421,7 @@ async def test_a_backend_started_through_another_semaphore_is_left_and_said(
     assert len(standin.tasks) == 1  # nothing asked of the other Semaphore
     assert second.sup.state is State.COLD
     assert stages(second) == [("ready", 1, "success")]  # kept for that Semaphore
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert (event["event"], event["reason"]) == ("remote_backend_left_running",
                                                  "semaphore_changed")
 
@@ -434,7 +440,7 @@ async def test_a_backend_no_longer_configured_is_stopped_in_the_background(
     assert trio.current_time() == 28.0
     assert not service.up
     assert stages(second) == []
-    (event,) = [e for e in logs if e["event"].startswith("remote_backend")]
+    event = the_decision(logs)
     assert (event["event"], event["reason"]) == ("remote_backend_stopped_after_restart",
                                                  "not_configured")
 
