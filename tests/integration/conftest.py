@@ -8,10 +8,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -27,10 +28,32 @@ from hestia import Gateway, load_config, run
 UPSTREAM_APP = str(Path(__file__).parents[1] / "upstream_app.py")
 
 
+def _port_block() -> Iterator[int]:
+    """This process's ports for `free_port`: below Linux's ephemeral range (32768 and up,
+    where every `bind(0)` of the suite and its children lands), a block of its own per xdist
+    worker, from a random start (ports of an earlier run may still be in TIME_WAIT)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    first, size = 12000 + index * 4000, 4000
+    start = random.randrange(size)
+    for step in itertools.count():
+        yield first + (start + step) % size
+
+
+_PORTS = _port_block()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, that no other test (in any worker) is given: a backend is
+    configured on it before it starts, so a `bind(0)` elsewhere must not take it meanwhile."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable")
 
 
 def upstream_service(*flags: str, port: int | None = None, **fields: Any) -> dict[str, Any]:
